@@ -1,0 +1,41 @@
+//! `datom-bench`: measured claims. Each scenario prints one JSON object; raw ZooKeeper figures
+//! are measured in the same run so the numbers can be compared.
+
+use clap::{Parser, Subcommand};
+
+mod stats;
+mod zkraw;
+
+/// Benchmarks datom against real ZooKeeper.
+#[derive(Parser, Debug)]
+#[command(name = "datom-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Raw ZooKeeper: create latency, pipelined create/setData throughput, watch latency.
+    ZkRaw(zkraw::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let res = rt.block_on(async {
+        match cli.scenario {
+            Scenario::ZkRaw(a) => zkraw::run(a).await,
+        }
+    });
+    match res {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Command-line flags every datom binary shares: how to reach ZooKeeper, and how to log.
+
+use std::time::Duration;
+
+use crate::coord::{Coord, CoordConfig, CoordResult};
+
+/// `--zk` and `--session-timeout`, shared by every binary.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ZkArgs {
+    /// ZooKeeper connect string: host:port[,host:port...][/chroot].
+    #[arg(long = "zk", env = "DATOM_ZK", default_value = "127.0.0.1:2181", value_name = "CONNECT", global = true)]
+    pub zk: String,
+    /// Requested ZooKeeper session timeout in milliseconds (the server clamps it to 2..20 × tickTime).
+    #[arg(long, env = "DATOM_SESSION_TIMEOUT", default_value_t = 6000, value_name = "MS", global = true)]
+    pub session_timeout: u64,
+    /// How long to wait for the first ZooKeeper connection, in milliseconds.
+    #[arg(long, env = "DATOM_CONNECT_TIMEOUT", default_value_t = 5000, value_name = "MS", global = true)]
+    pub connect_timeout: u64,
+}
+
+impl ZkArgs {
+    /// The coordination config these flags describe.
+    pub fn config(&self) -> CoordConfig {
+        CoordConfig::new(self.zk.clone())
+            .with_session_timeout(Duration::from_millis(self.session_timeout))
+            .with_connect_timeout(Duration::from_millis(self.connect_timeout))
+    }
+
+    /// Connects with these flags.
+    pub async fn connect(&self) -> CoordResult<Coord> {
+        Coord::connect(self.config()).await
+    }
+}
+
+/// Log output format.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--log-format`, shared by the daemons.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format: text or json. The level comes from RUST_LOG (default: info).
+    #[arg(long, env = "DATOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global tracing subscriber, writing to stderr.
+    pub fn init(&self, default_level: &str) {
+        init_logging(self.log_format, default_level);
+    }
+}
+
+/// Installs the global tracing subscriber (stderr; RUST_LOG overrides `default_level`).
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

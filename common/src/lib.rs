@@ -1,0 +1,17 @@
+//! datom's shared library: the coordination client ([`coord`]), the znode layout ([`paths`]),
+//! the records stored there ([`records`]), name rules ([`names`]), common flags ([`flags`])
+//! and crash-safe local files ([`fsutil`]).
+//!
+//! Start reading at [`coord::Coord`]: every datom process holds one, and everything it knows
+//! about the cluster comes through it.
+
+pub mod coord;
+pub mod error;
+pub mod flags;
+pub mod fsutil;
+pub mod init;
+pub mod names;
+pub mod paths;
+pub mod records;
+
+pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -1,0 +1,5 @@
+//! One module per `datom` command.
+
+pub mod init;
+pub mod inspect;
+pub mod up;
