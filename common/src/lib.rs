@@ -13,5 +13,6 @@ pub mod init;
 pub mod names;
 pub mod paths;
 pub mod records;
+pub mod rpc;
 
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -60,3 +60,98 @@ pub struct ConfigServiceInstance {
 pub fn datom_version() -> String {
     format!("datom {}", env!("CARGO_PKG_VERSION"))
 }
+
+/// A disk seen by hardware discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// Mount point.
+    pub mount_point: String,
+    /// Filesystem type.
+    pub filesystem: String,
+    /// Total size in bytes.
+    pub total_bytes: u64,
+}
+
+/// A network interface seen by hardware discovery (loopback and virtual noise skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicInfo {
+    /// Interface name.
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// IP addresses with prefix length (`10.0.0.5/24`).
+    pub ips: Vec<String>,
+    /// MTU in bytes, when known.
+    pub mtu: Option<u32>,
+}
+
+/// What `datom addnode` discovered about a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardwareReport {
+    /// Stable machine id (`/etc/machine-id`, else a hash of the hostname and MACs).
+    pub machine_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// OS name and version.
+    pub os: String,
+    /// Kernel version.
+    pub kernel: String,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Physical memory in bytes.
+    pub memory_bytes: u64,
+    /// Disks.
+    pub disks: Vec<DiskInfo>,
+    /// Network interfaces.
+    pub nics: Vec<NicInfo>,
+}
+
+/// `/datom/nodes/<node>`: a registered node, as returned by the config service and stamped at
+/// `<root>/node.json` on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Node name.
+    pub name: String,
+    /// Stable machine id; re-adding the same machine returns the same record.
+    pub machine_id: String,
+    /// Hardware at registration.
+    pub hardware: HardwareReport,
+    /// Services the node should run.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// When the node was first registered.
+    pub registered_at: DateTime<Utc>,
+    /// Config service instance that registered it.
+    pub registered_by: String,
+    /// Drained nodes take no new placements.
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+/// `/datom/nodes/<node>/live`: ephemeral presence of a running node agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Node name.
+    pub node: String,
+    /// The agent's RPC address (`host:port`).
+    pub address: String,
+    /// The agent's metrics/HTTP address, when served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Agent process id.
+    pub pid: u32,
+    /// datom version.
+    pub version: String,
+    /// When the agent started.
+    pub started_at: DateTime<Utc>,
+}
