@@ -9,6 +9,7 @@ pub mod coord;
 pub mod error;
 pub mod flags;
 pub mod fsutil;
+pub mod hardware;
 pub mod init;
 pub mod names;
 pub mod paths;

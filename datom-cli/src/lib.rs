@@ -31,6 +31,10 @@ pub enum Command {
     Tree(cmd::inspect::TreeArgs),
     /// Run a local cluster: a managed ZooKeeper, init, and the tree; Ctrl-C stops it.
     Up(cmd::up::UpArgs),
+    /// Add this machine: discover hardware, register with the config service, stamp node.json.
+    Addnode(cmd::addnode::AddnodeArgs),
+    /// List nodes: live or dead, address, CPU and memory.
+    Nodes(cmd::nodes::NodesArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -49,6 +53,8 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Get(args) => cmd::inspect::get(&cli.zk, args).await,
             Command::Tree(args) => cmd::inspect::tree(&cli.zk, args).await,
             Command::Up(args) => cmd::up::run(&cli.zk, args).await,
+            Command::Addnode(args) => cmd::addnode::run(&cli.zk, args).await,
+            Command::Nodes(args) => cmd::nodes::run(&cli.zk, args).await,
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

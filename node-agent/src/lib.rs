@@ -1,2 +1,214 @@
-//! The node agent: runs on every machine, publishes that the node is up and supervises its
-//! services. (Built out by the agent bootup issue.)
+//! The node agent: runs on every machine added with `datom addnode`, publishes that the node is
+//! up, and serves the node's own API. Its bootup follows seed 003's "Service bootup", in order:
+//!
+//! 1. read `<root>/node.json`, the record the config service returned to `datom addnode`;
+//! 2. initialise the coordination client;
+//! 3. initialise properties ([`properties`]): watched, live-reloaded, served by the API;
+//! 4. initialise the connection cache;
+//! 5. serve the `NodeAgent` API ([`api`]) on the address of `--nic-if` at `--port`;
+//! 6. create its znode and publish that it is up: the ephemeral `/datom/nodes/<node>/live`.
+//!
+//! The live znode is registered with the coordination client, so it is published again after a
+//! session expiry. On SIGTERM the agent deletes it at once, not at session timeout.
+
+pub mod api;
+pub mod bootup;
+pub mod properties;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::Utc;
+use datom_common::coord::{CoordConfig, encode};
+use datom_common::flags::{LogArgs, ZkArgs};
+use datom_common::records::{LiveRecord, NodeRecord, SCHEMA, datom_version};
+use datom_common::{Coord, paths};
+
+/// The seed's service bootup arguments (`--nic_if, root, port, domain_name, service_name`).
+#[derive(clap::Parser, Debug)]
+#[command(name = "datom-node-agent", version, about = "datom's node agent")]
+pub struct Args {
+    /// ZooKeeper flags.
+    #[command(flatten)]
+    pub zk: ZkArgs,
+    /// Logging flags.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// The node's root directory: holds node.json (written by `datom addnode`), and the agent's
+    /// state and service logs.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Port the agent's API listens on, on the --nic-if address (0 picks a free port).
+    #[arg(long, default_value_t = 7500)]
+    pub port: u16,
+    /// Network interface whose (first IPv4) address the agent serves and publishes; `lo` for
+    /// 127.0.0.1. An IP address is accepted too.
+    #[arg(long = "nic-if", alias = "nic_if", default_value = "lo")]
+    pub nic_if: String,
+    /// DNS domain the node belongs to; the node's FQDN is `<node>.<domain>` (informational,
+    /// served by the API).
+    #[arg(long = "domain-name", alias = "domain_name", default_value = "local")]
+    pub domain_name: String,
+    /// Name of the service this agent process provides in the registry (seed 003's
+    /// `service_name`; `node-agent` for the standard agent).
+    #[arg(long = "service-name", alias = "service_name", default_value = "node-agent")]
+    pub service_name: String,
+}
+
+impl Args {
+    /// Builds the agent config from flags.
+    pub fn into_config(self) -> Config {
+        Config {
+            coord: self.zk.config(),
+            root: self.root,
+            port: self.port,
+            nic_if: self.nic_if,
+            domain_name: self.domain_name,
+            service_name: self.service_name,
+        }
+    }
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to reach ZooKeeper.
+    pub coord: CoordConfig,
+    /// Node root directory.
+    pub root: PathBuf,
+    /// API port.
+    pub port: u16,
+    /// Interface (or IP) to serve on.
+    pub nic_if: String,
+    /// DNS domain.
+    pub domain_name: String,
+    /// This agent's service name.
+    pub service_name: String,
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Shared state of a running agent.
+#[derive(Clone)]
+pub struct Agent {
+    /// The node record from node.json.
+    pub node: NodeRecord,
+    /// Coordination client.
+    pub coord: Coord,
+    /// The API address.
+    pub address: String,
+    /// When the agent started.
+    pub started: Instant,
+    /// Live properties.
+    pub properties: properties::Properties,
+    /// The bootup arguments, for `info`.
+    pub args: BTreeMap<String, String>,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // 1. node.json
+    let node = bootup::read_node_json(&config.root)?;
+    tracing::info!(node = %node.name, root = %config.root.display(), "booting node agent");
+    // 2. coordination client
+    let coord = Coord::connect(config.coord.clone()).await?;
+    if let Err(e) = bootup::check_registered(&coord, &node).await {
+        coord.close().await;
+        return Err(e);
+    }
+    // 3. properties
+    let properties = properties::Properties::start(&coord, &node);
+    // 4. connection cache: wired in by the connection cache issue.
+    // 5. API
+    let ip = resolve_nic(&config.nic_if)?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, config.port))
+        .await
+        .with_context(|| format!("cannot listen on {ip}:{}; choose another --port", config.port))?;
+    let address = listener.local_addr()?.to_string();
+    let args = BTreeMap::from([
+        ("root".to_string(), config.root.display().to_string()),
+        ("port".to_string(), config.port.to_string()),
+        ("nic_if".to_string(), config.nic_if.clone()),
+        ("domain_name".to_string(), config.domain_name.clone()),
+        ("service_name".to_string(), config.service_name.clone()),
+        ("fqdn".to_string(), format!("{}.{}", node.name, config.domain_name)),
+    ]);
+    let agent = Agent {
+        node: node.clone(),
+        coord: coord.clone(),
+        address: address.clone(),
+        started: Instant::now(),
+        properties,
+        args,
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = api::AgentServer { agent: agent.clone() };
+    let rpc = tokio::spawn(async move {
+        use datom_common::rpc::NodeAgent as _;
+        datom_common::serve_tcp!(listener, server.serve(), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        });
+    });
+    // 6. publish that we are up
+    let live = LiveRecord {
+        schema: SCHEMA,
+        node: node.name.clone(),
+        address: address.clone(),
+        http: None,
+        pid: std::process::id(),
+        version: datom_version(),
+        started_at: Utc::now(),
+    };
+    let live_path = paths::node_live(&node.name);
+    let data = encode(&live_path, &live)?;
+    let wait = coord.negotiated_timeout() * 2 + std::time::Duration::from_secs(1);
+    let handle = match coord.register_ephemeral(&live_path, data, wait).await {
+        Ok(h) => h,
+        Err(e) => {
+            coord.close().await;
+            anyhow::bail!("cannot publish {live_path}: {e} (is another agent running for node {}?)", node.name);
+        }
+    };
+    tracing::info!(node = %node.name, %address, "node agent up; published {live_path}");
+    shutdown.await;
+    tracing::info!("shutting down: removing {live_path}");
+    let _ = stop_tx.send(true);
+    let _ = handle.remove().await;
+    coord.close().await;
+    rpc.abort();
+    Ok(())
+}
+
+/// The address to serve on for `--nic-if`: an IP literal, or the interface's first IPv4
+/// address (`lo` → 127.0.0.1).
+pub fn resolve_nic(nic: &str) -> anyhow::Result<IpAddr> {
+    if let Ok(ip) = nic.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let addrs = nix::ifaddrs::getifaddrs().context("cannot list network interfaces")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for a in addrs {
+        seen.insert(a.interface_name.clone());
+        if a.interface_name == nic
+            && let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in())
+        {
+            return Ok(IpAddr::V4(sin.ip()));
+        }
+    }
+    anyhow::bail!(
+        "--nic-if {nic:?}: no such interface with an IPv4 address (interfaces here: {}); pass an interface name or an IP",
+        seen.into_iter().collect::<Vec<_>>().join(", ")
+    )
+}

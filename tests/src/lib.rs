@@ -72,3 +72,106 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A daemon started by a test: SIGKILLed on drop, output captured to a log file.
+pub struct Proc {
+    child: std::process::Child,
+    /// What it is, for messages.
+    pub name: String,
+    log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr going to a log file.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let dir = tempfile::Builder::new().prefix("datom-proc-").tempdir().expect("tempdir");
+        let log = dir.path().join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdout(f.try_clone().expect("dup log"))
+            .stderr(f)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { child, name: name.to_string(), log, _dir: Some(dir) }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} output ----\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// Starts `datom-config-service` on a free port with a 2 s session; returns it and its address.
+pub fn config_service(zk: &str, id: &str, extra: &[&str]) -> (Proc, String) {
+    let port = harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(bin("datom-config-service"));
+    cmd.args(["--zk", zk, "--session-timeout", "2000", "--listen", &addr, "--id", id]).args(extra);
+    cmd.env("RUST_LOG", "info");
+    (Proc::spawn(id, cmd), addr)
+}
+
+/// Starts `datom-node-agent` for `root` on a free port with a 2 s session.
+pub fn node_agent(zk: &str, root: &std::path::Path, name: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("datom-node-agent"));
+    cmd.args(["--zk", zk, "--session-timeout", "2000", "--root", root.to_str().unwrap(), "--port", "0"]).args(extra);
+    cmd.env("RUST_LOG", "info");
+    Proc::spawn(name, cmd)
+}
+
+/// Runs `datom addnode` non-interactively.
+pub fn addnode(zk: &str, root: &std::path::Path, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["addnode", "--root", root.to_str().unwrap(), "--name", name, "--yes", "--json"];
+    args.extend_from_slice(extra);
+    datom(zk, &args)
+}
+
+/// Waits until the active config service record exists and returns its (id, address).
+pub async fn wait_active(c: &Coord, timeout: Duration) -> (String, String) {
+    wait_for("an active config service", timeout, || async {
+        let v = c
+            .get::<datom_common::records::ConfigServiceInstance>(datom_common::paths::CONFIG_SERVICE_INSTANCE)
+            .await
+            .ok()
+            .flatten()?;
+        Some((v.value.id, v.value.address))
+    })
+    .await
+}

@@ -10,6 +10,7 @@
 //! Every request is wrapped in a timeout ([`CoordConfig::op_timeout`]): the client has none of
 //! its own and a suspended connection would otherwise hang the caller.
 
+pub mod lock;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -396,7 +397,7 @@ impl Coord {
         }
     }
 
-    fn acls(&self) -> zk::Acls<'_> {
+    pub(crate) fn acls(&self) -> zk::Acls<'_> {
         if self.shared.config.acl.is_empty() { zk::Acls::anyone_all() } else { zk::Acls::new(&self.shared.config.acl) }
     }
 

@@ -1,5 +1,7 @@
 //! One module per `datom` command.
 
+pub mod addnode;
 pub mod init;
 pub mod inspect;
+pub mod nodes;
 pub mod up;
