@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod addnode;
 mod stats;
 mod zkraw;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Scenario {
     /// Raw ZooKeeper: create latency, pipelined create/setData throughput, watch latency.
     ZkRaw(zkraw::Args),
+    /// Node registration through the config service: registrations/s and p99 latency.
+    Addnode(addnode::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +29,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         match cli.scenario {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
+            Scenario::Addnode(a) => addnode::run(a).await,
         }
     });
     match res {

@@ -296,3 +296,37 @@ async fn t09_agent_sigkill_expires_and_pause_republishes() {
     assert_ne!(new_owner, owner, "a new session owns the re-published live node");
     assert_eq!(live.pid, agent.pid());
 }
+
+#[tokio::test]
+async fn t10_addnode_asks_on_a_terminal() {
+    let zk = fresh_zk("interactive").await;
+    assert!(datom(&zk, &["init"]).status.success());
+    let (_cs, _) = config_service(&zk, "cs-a", &[]);
+    let c = coord(&zk).await;
+    wait_active(&c, Duration::from_secs(20)).await;
+    let root = tempfile::tempdir().unwrap();
+    // `script` gives datom a real terminal; the answers arrive on it line by line.
+    let answers = format!("{}\ny\nterm-node\nweb,db\n", root.path().display());
+    let cmd = format!("{} --zk {zk} addnode", datom_tests::bin("datom").display());
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(answers.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for q in ["enter root", "discovered hardware", "service to run"] {
+        assert!(text.contains(q), "missing prompt {q:?} in:\n{text}");
+    }
+    let rec: NodeRecord = serde_json::from_slice(&std::fs::read(root.path().join("node.json")).unwrap()).unwrap();
+    assert_eq!(rec.name, "term-node");
+    assert_eq!(rec.services, vec!["web", "db"]);
+}
