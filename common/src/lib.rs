@@ -15,5 +15,7 @@ pub mod names;
 pub mod paths;
 pub mod records;
 pub mod rpc;
+pub mod services;
+pub mod spec;
 
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -41,6 +41,26 @@ pub fn service(svc: &str) -> String {
     format!("{SERVICES}/{svc}")
 }
 
+/// `/datom/nodes/<node>/services`: desired states of the services on a node.
+pub fn node_services(node: &str) -> String {
+    format!("{NODES}/{node}/services")
+}
+
+/// `/datom/nodes/<node>/services/<svc>`: desired state of one service on a node.
+pub fn node_service(node: &str, svc: &str) -> String {
+    format!("{NODES}/{node}/services/{svc}")
+}
+
+/// `/datom/services/<svc>/instances`: container of a service's running instances.
+pub fn service_instances(svc: &str) -> String {
+    format!("{SERVICES}/{svc}/instances")
+}
+
+/// `/datom/services/<svc>/instances/<node>`: ephemeral record of an instance.
+pub fn service_instance(svc: &str, node: &str) -> String {
+    format!("{SERVICES}/{svc}/instances/{node}")
+}
+
 /// `/datom/properties/nodes/<node>`: a node's properties.
 pub fn node_properties(node: &str) -> String {
     format!("{PROPERTIES}/nodes/{node}")

@@ -13,6 +13,11 @@ fn schema() -> u32 {
     SCHEMA
 }
 
+/// The current schema version (serde default for records).
+pub fn schema_version() -> u32 {
+    SCHEMA
+}
+
 /// `/datom`: the cluster record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
@@ -154,4 +159,97 @@ pub struct LiveRecord {
     pub version: String,
     /// When the agent started.
     pub started_at: DateTime<Utc>,
+}
+
+/// Seed 001's operations on a resource, as an operator's desired state for one service on one
+/// node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Bring the service into service (start it).
+    InService,
+    /// Take it out of service gracefully (SIGTERM, stop timeout, SIGKILL; OCF `stop`).
+    OoService,
+    /// Take it out of service at once (SIGKILL).
+    ForceOos,
+    /// Mark a failed service out of service, taking no action on it.
+    MarkOos,
+}
+
+/// `/datom/nodes/<node>/services/<svc>`: what the operator wants for a service on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Service name.
+    pub service: String,
+    /// Desired operation.
+    pub op: Operation,
+    /// Bumped by `datom restartservice` to ask for a restart.
+    #[serde(default)]
+    pub restart_generation: u64,
+    /// When it was requested.
+    pub requested_at: DateTime<Utc>,
+    /// Why: `operator`, or the transition that placed it.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Seed 001's service states, plus STARTING (spawned, not yet healthy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServiceState {
+    /// Started; waiting for its first healthy check (datom's extension of seed 001).
+    Starting,
+    /// Running and healthy.
+    InService,
+    /// Being stopped.
+    PendingOos,
+    /// Stopped.
+    Oos,
+    /// Exhausted its restart budget; needs an operator (or failover).
+    Failed,
+}
+
+/// A node's role in a service group (seed 000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupRole {
+    /// The node provides the group's service now.
+    Active,
+    /// The node holds the service but does not provide it now.
+    Passive,
+}
+
+/// `/datom/services/<svc>/instances/<node>`: ephemeral record of a service instance, published
+/// by the agent supervising it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Service name.
+    pub service: String,
+    /// Node running it.
+    pub node: String,
+    /// The node agent's address (for RPC about this instance).
+    pub address: String,
+    /// Process id (0 for OCF resources without one).
+    pub pid: u32,
+    /// Current state.
+    pub state: ServiceState,
+    /// When it entered this state.
+    pub since: DateTime<Utc>,
+    /// Restarts within the current window.
+    pub restarts: u32,
+    /// Service group, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// This node's role in the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<GroupRole>,
+    /// Last health check or failure message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

@@ -106,9 +106,30 @@ pub struct AgentInfo {
     pub args: BTreeMap<String, String>,
 }
 
+/// Result of running a service's health check now (`datom diagnose`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiagnoseReport {
+    /// Service.
+    pub service: String,
+    /// Node that ran the check.
+    pub node: String,
+    /// What was checked (`tcp 127.0.0.1:8080`, `process pid 42`, ...).
+    pub check: String,
+    /// Whether it passed.
+    pub healthy: bool,
+    /// Details: the error, or what answered.
+    pub detail: String,
+    /// The instance's state as the agent sees it.
+    pub state: Option<crate::records::ServiceState>,
+    /// How long the check took.
+    pub took_ms: u64,
+}
+
 /// The node agent's own API.
 #[tarpc::service]
 pub trait NodeAgent {
+    /// Runs `service`'s check now (seed 001's manual diagnostics).
+    async fn diagnose(service: String) -> Result<DiagnoseReport, String>;
     /// Liveness and session state.
     async fn health() -> AgentHealth;
     /// Who this agent is.

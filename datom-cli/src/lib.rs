@@ -35,6 +35,17 @@ pub enum Command {
     Addnode(cmd::addnode::AddnodeArgs),
     /// List nodes: live or dead, address, CPU and memory.
     Nodes(cmd::nodes::NodesArgs),
+    /// Manage service specs.
+    #[command(subcommand)]
+    Service(cmd::service::ServiceCmd),
+    /// Start a service (and its dependencies) on a node: seed 001's in_service.
+    Startservice(cmd::service::StartArgs),
+    /// Stop a service (and its dependents): seed 001's oo_service, or force_oos with --force.
+    Stopservice(cmd::service::StopArgs),
+    /// Restart a service on a node.
+    Restartservice(cmd::service::StartArgs),
+    /// Run a service's health check now and print the result (exit 2 when failing).
+    Diagnose(cmd::service::DiagnoseArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -55,6 +66,11 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Up(args) => cmd::up::run(&cli.zk, args).await,
             Command::Addnode(args) => cmd::addnode::run(&cli.zk, args).await,
             Command::Nodes(args) => cmd::nodes::run(&cli.zk, args).await,
+            Command::Service(c) => cmd::service::service(&cli.zk, c).await,
+            Command::Startservice(a) => cmd::service::startservice(&cli.zk, a).await,
+            Command::Stopservice(a) => cmd::service::stopservice(&cli.zk, a).await,
+            Command::Restartservice(a) => cmd::service::restartservice(&cli.zk, a).await,
+            Command::Diagnose(a) => cmd::service::diagnose(&cli.zk, a).await,
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use datom_common::records::datom_version;
-use datom_common::rpc::{AgentHealth, AgentInfo, NodeAgent};
+use datom_common::rpc::{AgentHealth, AgentInfo, DiagnoseReport, NodeAgent};
 use tarpc::context::Context;
 
 use crate::Agent;
@@ -16,6 +16,10 @@ pub struct AgentServer {
 }
 
 impl NodeAgent for AgentServer {
+    async fn diagnose(self, _: Context, service: String) -> Result<DiagnoseReport, String> {
+        self.agent.supervisor.diagnose(&service).await
+    }
+
     async fn health(self, _: Context) -> AgentHealth {
         let s = self.agent.coord.status();
         AgentHealth {

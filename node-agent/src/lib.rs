@@ -14,6 +14,7 @@
 pub mod api;
 pub mod bootup;
 pub mod properties;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -57,6 +58,10 @@ pub struct Args {
     /// `service_name`; `node-agent` for the standard agent).
     #[arg(long = "service-name", alias = "service_name", default_value = "node-agent")]
     pub service_name: String,
+    /// Stop the node's services when the agent is stopped on purpose (default: leave them
+    /// running for the next agent to adopt).
+    #[arg(long)]
+    pub stop_services_on_exit: bool,
 }
 
 impl Args {
@@ -69,6 +74,7 @@ impl Args {
             nic_if: self.nic_if,
             domain_name: self.domain_name,
             service_name: self.service_name,
+            stop_services_on_exit: self.stop_services_on_exit,
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct Config {
     pub domain_name: String,
     /// This agent's service name.
     pub service_name: String,
+    /// Stop services on a deliberate shutdown.
+    pub stop_services_on_exit: bool,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -115,6 +123,8 @@ pub struct Agent {
     pub properties: properties::Properties,
     /// The bootup arguments, for `info`.
     pub args: BTreeMap<String, String>,
+    /// Service supervision.
+    pub supervisor: supervisor::Supervisor,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -145,6 +155,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ("service_name".to_string(), config.service_name.clone()),
         ("fqdn".to_string(), format!("{}.{}", node.name, config.domain_name)),
     ]);
+    let supervisor =
+        supervisor::Supervisor::start(coord.clone(), node.name.clone(), address.clone(), config.root.clone());
     let agent = Agent {
         node: node.clone(),
         coord: coord.clone(),
@@ -152,6 +164,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         started: Instant::now(),
         properties,
         args,
+        supervisor: supervisor.clone(),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = api::AgentServer { agent: agent.clone() };
@@ -184,6 +197,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(node = %node.name, %address, "node agent up; published {live_path}");
     shutdown.await;
     tracing::info!("shutting down: removing {live_path}");
+    supervisor.shutdown(config.stop_services_on_exit).await;
     let _ = stop_tx.send(true);
     let _ = handle.remove().await;
     coord.close().await;

@@ -175,3 +175,100 @@ pub async fn wait_active(c: &Coord, timeout: Duration) -> (String, String) {
     })
     .await
 }
+
+/// A small cluster for service tests: init, one config service, and agents on `nodes`.
+pub struct Cluster {
+    /// Connect string (with its chroot).
+    pub zk: String,
+    /// Coordination client for assertions.
+    pub coord: Coord,
+    /// The config service.
+    pub config_service: Proc,
+    /// Agents by node name.
+    pub agents: std::collections::BTreeMap<String, Proc>,
+    /// Node roots by node name.
+    pub roots: std::collections::BTreeMap<String, tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts a cluster with agents for `nodes`, each with its own root and port.
+    pub async fn start(test: &str, nodes: &[&str]) -> Cluster {
+        let zk = fresh_zk(test).await;
+        let out = datom(&zk, &["init"]);
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        let (config_service, _) = config_service(&zk, &format!("cs-{test}"), &[]);
+        let coord = coord(&zk).await;
+        wait_active(&coord, Duration::from_secs(30)).await;
+        let mut cluster = Cluster { zk, coord, config_service, agents: Default::default(), roots: Default::default() };
+        for n in nodes {
+            let root = tempfile::Builder::new().prefix(&format!("datom-root-{n}-")).tempdir().unwrap();
+            let out = addnode(&cluster.zk, root.path(), n, &["--machine-id", &format!("machine-{n}")]);
+            assert!(out.status.success(), "addnode {n}: {}", stderr(&out));
+            cluster.roots.insert(n.to_string(), root);
+            cluster.start_agent(n, &[]).await;
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) the agent of `node` and waits until it is live.
+    pub async fn start_agent(&mut self, node: &str, extra: &[&str]) {
+        let root = self.roots[node].path().to_path_buf();
+        let agent = node_agent(&self.zk, &root, &format!("agent-{node}"), extra);
+        let pid = agent.pid();
+        self.agents.insert(node.to_string(), agent);
+        let c = self.coord.clone();
+        let path = datom_common::paths::node_live(node);
+        wait_for(&format!("agent {node} live"), Duration::from_secs(30), || {
+            let c = c.clone();
+            let path = path.clone();
+            async move {
+                let v = c.get::<datom_common::records::LiveRecord>(&path).await.ok().flatten()?;
+                (v.value.pid == pid).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Runs `datom <args>` against this cluster.
+    pub fn datom(&self, args: &[&str]) -> Output {
+        datom(&self.zk, args)
+    }
+
+    /// Applies a spec given as TOML text.
+    pub fn apply(&self, toml: &str) -> Output {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("spec.toml");
+        std::fs::write(&f, toml).unwrap();
+        self.datom(&["service", "apply", f.to_str().unwrap()])
+    }
+
+    /// Waits until `svc`'s instance on `node` satisfies `pred`, returning it.
+    pub async fn wait_instance(
+        &self,
+        svc: &str,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&datom_common::records::InstanceRecord) -> bool,
+    ) -> datom_common::records::InstanceRecord {
+        let path = datom_common::paths::service_instance(svc, node);
+        wait_for(&format!("{svc} on {node}: {what}"), timeout, || {
+            let c = self.coord.clone();
+            let path = path.clone();
+            let pred = &pred;
+            async move {
+                let v = c.get::<datom_common::records::InstanceRecord>(&path).await.ok().flatten()?;
+                pred(&v.value).then_some(v.value)
+            }
+        })
+        .await
+    }
+}
+
+/// Whether `pid` is alive (not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z"),
+        Err(_) => false,
+    }
+}

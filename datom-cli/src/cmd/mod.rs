@@ -4,4 +4,5 @@ pub mod addnode;
 pub mod init;
 pub mod inspect;
 pub mod nodes;
+pub mod service;
 pub mod up;
