@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod addnode;
+mod startservice;
 mod stats;
 mod zkraw;
 
@@ -21,15 +22,21 @@ enum Scenario {
     ZkRaw(zkraw::Args),
     /// Node registration through the config service: registrations/s and p99 latency.
     Addnode(addnode::Args),
+    /// Time from `startservice` returning to the instance IN_SERVICE, through a real agent.
+    Startservice(startservice::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        datom_common::flags::init_logging(datom_common::flags::LogFormat::Text, "warn");
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let res = rt.block_on(async {
         match cli.scenario {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
             Scenario::Addnode(a) => addnode::run(a).await,
+            Scenario::Startservice(a) => startservice::run(a).await,
         }
     });
     match res {

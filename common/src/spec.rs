@@ -279,6 +279,14 @@ pub struct ServiceSpec {
     /// Graceful stop budget before SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_ms: u64,
+    /// Time a starting service has to pass its first health check; failed checks during it
+    /// do not count (a start grace period).
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_ms: u64,
+}
+
+fn default_start_timeout() -> u64 {
+    30_000
 }
 
 fn default_stop_timeout() -> u64 {
@@ -463,6 +471,9 @@ impl ServiceSpec {
         }
         if r.backoff_ms > r.backoff_max_ms {
             return Err(err(Some("restart"), "backoff_ms", "must not exceed backoff_max_ms".into()));
+        }
+        if self.start_timeout_ms == 0 || self.start_timeout_ms > 3_600_000 {
+            return Err(err(None, "start_timeout_ms", "must be 1..3600000".into()));
         }
         if self.stop_timeout_ms > 3_600_000 {
             return Err(err(None, "stop_timeout_ms", "must be at most 3600000".into()));

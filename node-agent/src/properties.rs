@@ -24,9 +24,10 @@ impl Properties {
             sources.push((format!("service/{s}"), paths::service_properties(s)));
         }
         for (key, path) in sources {
-            let mut rx = coord.watch_data(&path);
             let map = props.map.clone();
+            let coord = coord.clone();
             tokio::spawn(async move {
+                let mut rx = coord.watch_data(&path).await;
                 loop {
                     let value = rx.borrow_and_update().clone();
                     {

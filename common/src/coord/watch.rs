@@ -132,13 +132,15 @@ impl Coord {
         }
     }
 
-    /// A stream of the data at `path` (or `None` while it does not exist): yields the current
-    /// value at once, then again after every change, reconnect or new session.
-    pub fn watch_data(&self, path: &str) -> tokio_watch::Receiver<Option<(Vec<u8>, i32)>> {
+    /// A stream of the data at `path` (or `None` while it does not exist): returns once the
+    /// current value has been read, then updates after every change, reconnect or new session.
+    pub async fn watch_data(&self, path: &str) -> tokio_watch::Receiver<Option<(Vec<u8>, i32)>> {
         let (tx, rx) = tokio_watch::channel(None);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
         let coord = self.clone();
         let path = path.to_string();
         tokio::spawn(async move {
+            let mut first = Some(first_tx);
             let mut events = coord.watch(&path, false);
             while let Some(ev) = events.next().await {
                 match ev {
@@ -160,11 +162,15 @@ impl Coord {
                         false
                     }
                 });
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
                 if tx.is_closed() {
                     return;
                 }
             }
         });
+        let _ = first_rx.await;
         rx
     }
 

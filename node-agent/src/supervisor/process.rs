@@ -3,7 +3,7 @@
 //! `OCF_ROOT` and `OCF_RESKEY_*`, exit codes interpreted per the OCF spec).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datom_common::spec::{ServiceSpec, ServiceType};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -82,12 +82,13 @@ impl Running {
                 Err(e) => format!("wait failed: {e}"),
             },
             None => {
+                // Not our child: poll /proc (20 ms, cheap) until it is gone.
                 let start = start_time(self.pid);
                 loop {
                     if start.is_none() || start_time(self.pid) != start {
                         return "adopted process exited".into();
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
@@ -137,7 +138,8 @@ pub fn spawn(layout: &Layout, node: &str, spec: &ServiceSpec) -> std::io::Result
         start_time: start_time(pid).unwrap_or(0),
         command: format!("{command} {}", spec.args.join(" ")),
     };
-    datom_common::fsutil::write_atomic(&layout.pid_file(&spec.name), &serde_json::to_vec(&pf)?)?;
+    // No fsync: a pid file is only useful while the machine (and so the process) is up.
+    datom_common::fsutil::replace_file(&layout.pid_file(&spec.name), &serde_json::to_vec(&pf)?)?;
     Ok(Running { pid, child: Some(child) })
 }
 
@@ -153,12 +155,8 @@ pub async fn stop(running: &mut Running, timeout: Duration) -> String {
         return "already exited".into();
     }
     signal(running.pid, Signal::SIGTERM);
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if !running.alive() {
-            return "stopped on SIGTERM".into();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if tokio::time::timeout(timeout, running.wait()).await.is_ok() {
+        return "stopped on SIGTERM".into();
     }
     signal(running.pid, Signal::SIGKILL);
     let _ = tokio::time::timeout(Duration::from_secs(5), running.wait()).await;

@@ -72,6 +72,7 @@ struct Runtime {
     running: Option<Running>,
     restarts: VecDeque<Instant>,
     failures: u32,
+    starting_since: Instant,
     last_error: Option<String>,
     observed: watch::Sender<Observed>,
     publish: watch::Sender<Option<InstanceRecord>>,
@@ -96,6 +97,7 @@ pub fn spawn(ctx: Ctx, svc: &str) -> RuntimeHandle {
         running: None,
         restarts: VecDeque::new(),
         failures: 0,
+        starting_since: Instant::now(),
         last_error: None,
         observed,
         publish,
@@ -125,9 +127,15 @@ async fn publisher(coord: Coord, path: String, mut rx: watch::Receiver<Option<In
                 match &handle {
                     Some(h) => ok = h.set_data(data).await.is_ok(),
                     None => {
-                        let _ = coord.ensure_path(paths::parent(&path)).await;
                         let wait = coord.negotiated_timeout() * 2 + Duration::from_secs(1);
-                        match coord.register_ephemeral(&path, data, wait).await {
+                        let mut res = coord.register_ephemeral(&path, data.clone(), wait).await;
+                        if matches!(res, Err(datom_common::CoordError::NoNode { .. })) {
+                            // The instances container is created with the spec; recreate it if
+                            // someone removed it.
+                            let _ = coord.ensure_path(paths::parent(&path)).await;
+                            res = coord.register_ephemeral(&path, data, wait).await;
+                        }
+                        match res {
                             Ok(h) => handle = Some(h),
                             Err(e) => {
                                 tracing::warn!(path, error = %e, "cannot publish instance; retrying");
@@ -159,6 +167,9 @@ async fn publisher(coord: Coord, path: String, mut rx: watch::Receiver<Option<In
 
 impl Runtime {
     fn set_state(&mut self, state: ServiceState) {
+        if state == ServiceState::Starting && self.state != ServiceState::Starting {
+            self.starting_since = Instant::now();
+        }
         if state != self.state {
             tracing::info!(service = %self.svc, from = ?self.state, to = ?state, "service state");
             self.since = Utc::now();
@@ -362,6 +373,19 @@ impl Runtime {
             self.failures = 0;
             if self.state == ServiceState::Starting {
                 self.set_state(ServiceState::InService);
+            }
+            return;
+        }
+        if self.state == ServiceState::Starting {
+            // Start grace period: failed checks do not count until start_timeout_ms is over.
+            let grace = Duration::from_millis(self.spec.as_ref().map(|s| s.start_timeout_ms).unwrap_or(30_000));
+            if self.starting_since.elapsed() > grace {
+                self.on_failure(format!(
+                    "not healthy within start_timeout_ms ({} ms): {}",
+                    grace.as_millis(),
+                    r.detail
+                ))
+                .await;
             }
             return;
         }
