@@ -22,19 +22,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("node.json");
-        super::write_atomic(&p, b"one").unwrap();
-        super::write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
-    }
-}
-
 /// Atomically replaces `path` with `data` (temp file + rename) without fsync: for files that
 /// only matter while the machine stays up, such as pid files (a process does not survive a
 /// machine crash, so neither needs its pid file).
@@ -46,4 +33,17 @@ pub fn replace_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.json");
+        super::write_atomic(&p, b"one").unwrap();
+        super::write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
 }
