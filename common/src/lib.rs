@@ -13,6 +13,7 @@ pub mod hardware;
 pub mod init;
 pub mod names;
 pub mod paths;
+pub mod placement;
 pub mod records;
 pub mod rpc;
 pub mod services;

@@ -159,6 +159,20 @@ pub struct LiveRecord {
     pub version: String,
     /// When the agent started.
     pub started_at: DateTime<Utc>,
+    /// Usage the agent reports periodically, for placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<NodeLoad>,
+}
+
+/// A node's usage as its agent measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// CPU busy, 0..100 (whole machine).
+    pub cpu_percent: u32,
+    /// Memory in use, in bytes.
+    pub memory_used_bytes: u64,
+    /// When it was measured.
+    pub at: DateTime<Utc>,
 }
 
 /// Seed 001's operations on a resource, as an operator's desired state for one service on one

@@ -183,6 +183,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         pid: std::process::id(),
         version: datom_version(),
         started_at: Utc::now(),
+        load: None,
     };
     let live_path = paths::node_live(&node.name);
     let data = encode(&live_path, &live)?;
