@@ -15,4 +15,6 @@ pub mod paths;
 pub mod records;
 pub mod rpc;
 
+pub mod cache;
+
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};
