@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cache;
 mod stats;
 mod zkraw;
 
@@ -18,6 +19,9 @@ struct Cli {
 enum Scenario {
     /// Raw ZooKeeper: create latency, pipelined create/setData throughput, watch latency.
     ZkRaw(zkraw::Args),
+    /// Connection cache: hit latency and re-registration → every cache updated, beside raw
+    /// ZooKeeper watch latency.
+    Cache(cache::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         match cli.scenario {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
+            Scenario::Cache(a) => cache::run(a).await,
         }
     });
     match res {

@@ -117,3 +117,61 @@ fn peer_name(peer: &Peer) -> String {
         Peer::GroupMember { group, member } => format!("group/{group}/{member}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(addr: &str, state: Option<&str>) -> PeerInfo {
+        PeerInfo {
+            address: addr.into(),
+            state: state.map(str::to_string),
+            version: 0,
+            session: 1,
+            record: serde_json::json!({ "address": addr }),
+        }
+    }
+
+    #[test]
+    fn text_lines_name_the_event_peer_and_address() {
+        let up =
+            text_line(&PeerEvent::Up { peer: Peer::service_instance("web", "n1"), info: info("a:1", Some("OOS")) });
+        assert!(up.ends_with("UP      service/web@n1 a:1 OOS"), "{up}");
+        let ch = text_line(&PeerEvent::Changed {
+            peer: Peer::node("n1"),
+            info: info("a:2", None),
+            previous: info("a:1", None),
+        });
+        assert!(ch.ends_with("CHANGED node/n1 a:2 (was a:1)"), "{ch}");
+        let down = text_line(&PeerEvent::Down { peer: Peer::group_member("g", "m"), last: info("a:3", None) });
+        assert!(down.ends_with("DOWN    group/g/m (was a:3)"), "{down}");
+        let cs = text_line(&PeerEvent::Down { peer: Peer::ConfigService, last: info("a:4", None) });
+        assert!(cs.contains("configservice"), "{cs}");
+    }
+
+    #[test]
+    fn json_lines_are_one_object_with_a_time() {
+        let line = json_line(&PeerEvent::Up { peer: Peer::node("n1"), info: info("a:1", None) });
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "up");
+        assert_eq!(v["peer"]["node"], "n1");
+        assert!(v["at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn filters_check_names() {
+        let args = |g: Option<&str>, s: Option<&str>, n: Option<&str>| WatchArgs {
+            group: g.map(str::to_string),
+            service: s.map(str::to_string),
+            node: n.map(str::to_string),
+            json: false,
+        };
+        assert_eq!(args(None, None, None).filter().unwrap(), PeerFilter::All);
+        assert_eq!(args(Some("g1"), None, None).filter().unwrap(), PeerFilter::Group { group: "g1".into() });
+        assert_eq!(args(None, Some("web"), None).filter().unwrap(), PeerFilter::Service { service: "web".into() });
+        assert_eq!(args(None, None, Some("n1")).filter().unwrap(), PeerFilter::Node { node: "n1".into() });
+        let err = args(None, Some("../x"), None).filter().unwrap_err().to_string();
+        assert!(err.contains("service"), "{err}");
+    }
+}
