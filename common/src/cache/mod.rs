@@ -49,6 +49,10 @@
 //! - Subscribers first get an Up for every matching peer already registered, then every change
 //!   in order. A subscriber that falls behind the broadcast buffer is caught up with the
 //!   difference between what it was told and the registry, so its view always converges.
+//! - Events describe states, not writes: the cache reads a znode after its event arrives, so
+//!   writes in quick succession may fold into one event (a create and a set as one Up, a
+//!   delete and a re-create as one Changed with a new `session`). Applying every event in order
+//!   to an empty map always yields the registry.
 //!
 //! # Usage
 //!
