@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod addnode;
+mod cache;
 mod startservice;
 mod stats;
 mod zkraw;
@@ -24,6 +25,9 @@ enum Scenario {
     Addnode(addnode::Args),
     /// Time from `startservice` returning to the instance IN_SERVICE, through a real agent.
     Startservice(startservice::Args),
+    /// Connection cache: hit latency and re-registration → every cache updated, beside raw
+    /// ZooKeeper watch latency.
+    Cache(cache::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +41,7 @@ fn main() -> std::process::ExitCode {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
             Scenario::Addnode(a) => addnode::run(a).await,
             Scenario::Startservice(a) => startservice::run(a).await,
+            Scenario::Cache(a) => cache::run(a).await,
         }
     });
     match res {

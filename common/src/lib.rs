@@ -19,4 +19,6 @@ pub mod rpc;
 pub mod services;
 pub mod spec;
 
+pub mod cache;
+
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -81,6 +81,75 @@ pub fn redundancy(index: u16) -> String {
     format!("{REDUNDANCY}/{index}")
 }
 
+/// `/datom/groups/<group>/members`: container of a group's live members.
+pub fn group_members(group: &str) -> String {
+    format!("{GROUPS}/{group}/members")
+}
+
+/// `/datom/groups/<group>/members/<member>`: ephemeral published by a live group member
+/// (its replication address, ...).
+pub fn group_member(group: &str, member: &str) -> String {
+    format!("{GROUPS}/{group}/members/{member}")
+}
+
+/// A peer registration znode, as recognised by [`parse_registry_path`]: the inverse of
+/// [`node_live`], [`CONFIG_SERVICE_INSTANCE`], [`service_instance`] and [`group_member`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryPath<'a> {
+    /// `/datom/nodes/<node>/live`.
+    NodeLive {
+        /// Node name.
+        node: &'a str,
+    },
+    /// `/datom/configservice/instance`.
+    ConfigServiceInstance,
+    /// `/datom/services/<service>/instances/<node>`.
+    ServiceInstance {
+        /// Service name.
+        service: &'a str,
+        /// Node name.
+        node: &'a str,
+    },
+    /// `/datom/groups/<group>/members/<member>`.
+    GroupMember {
+        /// Group name.
+        group: &'a str,
+        /// Member name.
+        member: &'a str,
+    },
+}
+
+/// Recognises a peer registration znode (see [`RegistryPath`]); `None` for every other path.
+pub fn parse_registry_path(path: &str) -> Option<RegistryPath<'_>> {
+    if path == CONFIG_SERVICE_INSTANCE {
+        return Some(RegistryPath::ConfigServiceInstance);
+    }
+    let segs = |prefix: &str| -> Option<Vec<&str>> {
+        let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
+        let v: Vec<&str> = rest.split('/').collect();
+        v.iter().all(|s| !s.is_empty()).then_some(v)
+    };
+    if let Some(v) = segs(NODES) {
+        return match v[..] {
+            [node, "live"] => Some(RegistryPath::NodeLive { node }),
+            _ => None,
+        };
+    }
+    if let Some(v) = segs(SERVICES) {
+        return match v[..] {
+            [service, "instances", node] => Some(RegistryPath::ServiceInstance { service, node }),
+            _ => None,
+        };
+    }
+    if let Some(v) = segs(GROUPS) {
+        return match v[..] {
+            [group, "members", member] => Some(RegistryPath::GroupMember { group, member }),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// Joins a parent path and a child name the way ZooKeeper lists them.
 pub fn join(parent: &str, child: &str) -> String {
     if parent == "/" { format!("/{child}") } else { format!("{parent}/{child}") }
@@ -146,5 +215,48 @@ mod tests {
         assert!(validate_path("/datom/").is_err());
         assert!(validate_path("/datom//x").is_err());
         assert!(validate_path("/datom/../x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod registry_path_tests {
+    use super::*;
+
+    #[test]
+    fn registry_paths_round_trip() {
+        assert_eq!(parse_registry_path(&node_live("n1")), Some(RegistryPath::NodeLive { node: "n1" }));
+        assert_eq!(parse_registry_path(CONFIG_SERVICE_INSTANCE), Some(RegistryPath::ConfigServiceInstance));
+        assert_eq!(
+            parse_registry_path(&service_instance("web", "n2")),
+            Some(RegistryPath::ServiceInstance { service: "web", node: "n2" })
+        );
+        assert_eq!(
+            parse_registry_path(&group_member("vol1", "n3")),
+            Some(RegistryPath::GroupMember { group: "vol1", member: "n3" })
+        );
+        assert_eq!(service_instances("web"), "/datom/services/web/instances");
+        assert_eq!(group_members("vol1"), "/datom/groups/vol1/members");
+    }
+
+    #[test]
+    fn other_paths_are_not_registrations() {
+        for p in [
+            "/datom",
+            "/datom/nodes",
+            "/datom/nodes/n1",
+            "/datom/nodes/n1/live/x",
+            "/datom/nodes//live",
+            "/datom/nodesx/n1/live",
+            "/datom/configservice",
+            "/datom/configservice/lock",
+            "/datom/services/web",
+            "/datom/services/web/instances",
+            "/datom/groups/g/members",
+            "/datom/groups/g/term",
+            "/datom/properties/nodes/n1",
+            "/other/nodes/n1/live",
+        ] {
+            assert_eq!(parse_registry_path(p), None, "{p}");
+        }
     }
 }

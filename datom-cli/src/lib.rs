@@ -46,6 +46,8 @@ pub enum Command {
     Restartservice(cmd::service::StartArgs),
     /// Run a service's health check now and print the result (exit 2 when failing).
     Diagnose(cmd::service::DiagnoseArgs),
+    /// Print peer events (up, changed, down) as they happen, until Ctrl-C.
+    Watch(cmd::watch::WatchArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -71,6 +73,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Stopservice(a) => cmd::service::stopservice(&cli.zk, a).await,
             Command::Restartservice(a) => cmd::service::restartservice(&cli.zk, a).await,
             Command::Diagnose(a) => cmd::service::diagnose(&cli.zk, a).await,
+            Command::Watch(args) => cmd::watch::run(&cli.zk, args).await,
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

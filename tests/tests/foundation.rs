@@ -289,7 +289,11 @@ async fn t09_harness_pause_resume_restart() {
         .unwrap();
     assert_eq!(harness::four_letter(s.port(), "ruok").unwrap(), "imok");
     s.pause();
-    assert!(harness::four_letter(s.port(), "ruok").map(|r| r.is_empty()).unwrap_or(true), "paused server answered");
+    // SIGSTOP takes effect asynchronously; a stopped JVM stops answering.
+    wait_for("paused server stops answering", Duration::from_secs(10), || async {
+        harness::four_letter(s.port(), "ruok").map(|r| r.is_empty()).unwrap_or(true).then_some(())
+    })
+    .await;
     s.resume();
     wait_for("resumed", Duration::from_secs(5), || async {
         (harness::four_letter(s.port(), "ruok").ok()? == "imok").then_some(())

@@ -69,6 +69,9 @@ impl Coord {
         let mode = if recursive { zk::AddWatchMode::PersistentRecursive } else { zk::AddWatchMode::Persistent };
         let mut status = self.watch_status();
         let mut backoff = Duration::from_millis(20);
+        // The watcher of the previous registration in this session, kept until its replacement
+        // is registered (dropping the last watcher of a path removes the watch on the server).
+        let mut previous: Option<zk::PersistentWatcher> = None;
         loop {
             if tx.is_closed() || self.shared.closed.is_cancelled() {
                 return;
@@ -93,23 +96,21 @@ impl Coord {
                 }
             };
             backoff = Duration::from_millis(20);
+            drop(previous.take());
             drop(client);
             if tx.send(WatchEvent::Resync).await.is_err() {
                 return;
             }
-            // Consume events until the session ends.
-            loop {
+            // Consume events until the connection is re-established or the session ends.
+            let reconnected = loop {
                 tokio::select! {
                     ev = watcher.changed() => {
                         let kind = match ev.event_type {
                             zk::EventType::Session => match ev.session_state {
-                                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                                    if tx.send(WatchEvent::Resync).await.is_err() { return; }
-                                    continue;
-                                }
+                                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => break true,
                                 zk::SessionState::Disconnected => continue,
                                 // Terminal: calling changed() again would panic.
-                                _ => break,
+                                _ => break false,
                             },
                             zk::EventType::NodeCreated => NodeEventKind::Created,
                             zk::EventType::NodeDeleted => NodeEventKind::Deleted,
@@ -121,6 +122,13 @@ impl Coord {
                     _ = tx.closed() => return,
                     _ = self.shared.closed.cancelled() => return,
                 }
+            };
+            if reconnected {
+                // zookeeper-client 0.11.2 does not restore persistent watches when it reconnects
+                // within a session (its SetWatches resend leaves them out), so the server no
+                // longer has this watch: add it again, then ask the consumer to re-list.
+                previous = Some(watcher);
+                continue;
             }
             drop(watcher);
             // Wait for the supervisor to open the next session.

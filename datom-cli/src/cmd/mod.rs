@@ -6,3 +6,4 @@ pub mod inspect;
 pub mod nodes;
 pub mod service;
 pub mod up;
+pub mod watch;
