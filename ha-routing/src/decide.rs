@@ -199,6 +199,26 @@ pub fn on_new_node(node: &Watched, peer_present: Option<bool>) -> Option<Event> 
     (node.auto_peer_fail && peer_present == Some(false)).then_some(Event::PeerFail)
 }
 
+/// Whether an automatically raised event still applies when its turn comes (it may have queued
+/// behind others while presence changed back): a peerFail whose peer is present again, or a
+/// revert while this node is absent again, is dropped with the reason.
+pub fn auto_still_applies(
+    event: &Event,
+    peer: &str,
+    peer_present: Option<bool>,
+    own_present: Option<bool>,
+) -> Result<(), String> {
+    match event {
+        Event::PeerFail if peer_present == Some(true) => {
+            Err(format!("peer {peer} is present again; the automatic peerFail no longer applies"))
+        }
+        Event::Revert if own_present == Some(false) => {
+            Err("this node's presence is gone again; the automatic revert no longer applies".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +275,22 @@ mod tests {
         assert_eq!(o.result, ResultKind::Rewritten);
         let o = outcome(&Plan::WriteIfDifferent, Some("10.0.0.2"), &Action::Keep, None);
         assert_eq!(o.result, ResultKind::Unchanged);
+    }
+
+    #[test]
+    fn automatic_events_are_rechecked_when_they_run() {
+        let table: &[(Event, Option<bool>, Option<bool>, bool)] = &[
+            (Event::PeerFail, Some(false), Some(true), true),
+            (Event::PeerFail, None, Some(true), true),
+            (Event::PeerFail, Some(true), Some(true), false),
+            (Event::Revert, Some(true), Some(true), true),
+            (Event::Revert, Some(false), None, true),
+            (Event::Revert, Some(true), Some(false), false),
+            (Event::Verify, Some(true), Some(false), true),
+        ];
+        for (ev, peer, own, applies) in table {
+            assert_eq!(auto_still_applies(ev, "b", *peer, *own).is_ok(), *applies, "{ev:?} peer={peer:?} own={own:?}");
+        }
     }
 
     fn watched() -> Vec<Watched> {

@@ -102,6 +102,8 @@ struct State {
     presence: HashMap<String, bool>,
     watchers: HashMap<String, AbortOnDrop>,
     dispatched: HashSet<String>,
+    /// Unreadable records already warned about, by path and version.
+    unreadable: HashSet<(String, i32)>,
 }
 
 fn watched(rec: &RedundancyNode) -> Watched {
@@ -234,11 +236,12 @@ async fn run_with(
                 }
                 let before = st.presence.insert(name.clone(), now);
                 tracing::info!(node = name, present = now, "presence changed");
+                // Publish first: workers re-check presence from the status when a job runs.
+                publish_status(&ctx, &st, synced);
                 let nodes: Vec<Watched> = st.owned.values().map(watched).collect();
                 for (index, ev) in decide::on_presence(&ctx.node, &nodes, &name, before, now) {
                     st.enqueue(index, Job::Auto(ev));
                 }
-                publish_status(&ctx, &st, synced);
             }
         }
     }
@@ -282,7 +285,11 @@ fn rescan(ctx: &Arc<Ctx>, st: &mut State, ptx: &mpsc::UnboundedSender<(String, b
                     nodes.insert(index, r);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "skipping an unreadable redundancy node"),
+                Err(e) => {
+                    if st.unreadable.insert((path.clone(), nd.version)) {
+                        tracing::warn!(error = %e, "skipping an unreadable redundancy node");
+                    }
+                }
             },
             (Some(child), None) if child.starts_with(paths::REDUNDANCY_EVENT_PREFIX) => {
                 if let Ok(req) = decode::<EventRequest>(path, &nd.data) {
@@ -429,7 +436,7 @@ async fn handle_job(ctx: &Ctx, index: u16, job: Job) {
         },
     };
     let outcome = match ctx.coord.get::<RedundancyNode>(&paths::redundancy(index)).await {
-        Ok(Some(v)) if v.value.node == ctx.node => process(ctx, &v.value, &event).await,
+        Ok(Some(v)) if v.value.node == ctx.node => process(ctx, &v.value, &event, source).await,
         Ok(_) => Outcome::failed("the redundancy node was deleted or given to another node before the event ran"),
         Err(e) => Outcome::failed(format!("cannot read the redundancy node: {e}")),
     };
@@ -456,7 +463,11 @@ async fn handle_job(ctx: &Ctx, index: u16, job: Job) {
 }
 
 /// Decides and, when the plan says so, reads/writes the route under the route table's lock.
-async fn process(ctx: &Ctx, rec: &RedundancyNode, event: &Event) -> Outcome {
+async fn process(ctx: &Ctx, rec: &RedundancyNode, event: &Event, source: EventSource) -> Outcome {
+    // Records are validated by the commands that write them; one edited by hand is refused here.
+    if let Err(e) = crate::params::validate_record(rec, "set_params") {
+        return Outcome::failed(format!("the redundancy node is not valid, so nothing was done: {e}"));
+    }
     let plan = decide::plan(event, rec.mode);
     if let Plan::Nothing { reason } = &plan {
         return Outcome::skipped(reason.clone());
@@ -474,6 +485,18 @@ async fn process(ctx: &Ctx, rec: &RedundancyNode, event: &Event) -> Outcome {
         Ok(l) => l,
         Err(e) => return Outcome::failed(e),
     };
+    // An automatic event may have waited behind others (or for the lock) while presence
+    // changed back; re-check it now that this router holds the table.
+    if source == EventSource::Auto {
+        let (peer, own) = {
+            let s = ctx.status.lock().unwrap();
+            (s.presence.get(&rec.peer).copied().flatten(), s.presence.get(&ctx.node).copied().flatten())
+        };
+        if let Err(reason) = decide::auto_still_applies(event, &rec.peer, peer, own) {
+            lock.release().await;
+            return Outcome::skipped(reason);
+        }
+    }
     let job = HandlerJob {
         index: rec.index,
         node: ctx.node.clone(),
