@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod routefailover;
 mod stats;
 mod zkraw;
 
@@ -18,6 +19,11 @@ struct Cli {
 enum Scenario {
     /// Raw ZooKeeper: create latency, pipelined create/setData throughput, watch latency.
     ZkRaw(zkraw::Args),
+    /// HA routing: SIGKILL of the primary router's presence → route on the secondary (file driver).
+    RouteFailover(routefailover::Args),
+    /// Helper for route-failover: a plain ZooKeeper client holding an ephemeral until killed.
+    #[command(hide = true)]
+    HoldEphemeral(routefailover::HoldArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +32,8 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         match cli.scenario {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
+            Scenario::RouteFailover(a) => routefailover::run(a).await,
+            Scenario::HoldEphemeral(a) => routefailover::hold(a).await,
         }
     });
     match res {
