@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod addnode;
 mod cache;
+mod routefailover;
 mod startservice;
 mod stats;
 mod zkraw;
@@ -28,6 +29,11 @@ enum Scenario {
     /// Connection cache: hit latency and re-registration → every cache updated, beside raw
     /// ZooKeeper watch latency.
     Cache(cache::Args),
+    /// HA routing: SIGKILL of the primary router's presence → route on the secondary (file driver).
+    RouteFailover(routefailover::Args),
+    /// Helper for route-failover: a plain ZooKeeper client holding an ephemeral until killed.
+    #[command(hide = true)]
+    HoldEphemeral(routefailover::HoldArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +48,8 @@ fn main() -> std::process::ExitCode {
             Scenario::Addnode(a) => addnode::run(a).await,
             Scenario::Startservice(a) => startservice::run(a).await,
             Scenario::Cache(a) => cache::run(a).await,
+            Scenario::RouteFailover(a) => routefailover::run(a).await,
+            Scenario::HoldEphemeral(a) => routefailover::hold(a).await,
         }
     });
     match res {

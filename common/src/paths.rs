@@ -150,6 +150,34 @@ pub fn parse_registry_path(path: &str) -> Option<RegistryPath<'_>> {
     None
 }
 
+/// Name prefix of the event requests queued under a redundancy node (persistent sequential
+/// children `ev-0000000007`; issue 9).
+pub const REDUNDANCY_EVENT_PREFIX: &str = "ev-";
+
+/// `/datom/redundancy/<index>/ev-`: prefix for creating a sequential event request.
+pub fn redundancy_event_prefix(index: u16) -> String {
+    format!("{REDUNDANCY}/{index}/{REDUNDANCY_EVENT_PREFIX}")
+}
+
+/// Container of HA routing runtime state: event managers and route-table locks. Created on
+/// first use by `datom-ha`, not by `datom init`.
+pub const HA: &str = "/datom/ha";
+/// Container of the running HA event managers' ephemerals.
+pub const HA_SERVERS: &str = "/datom/ha/servers";
+/// Container of the per-route-table lock directories.
+pub const HA_LOCKS: &str = "/datom/ha/locks";
+
+/// `/datom/ha/servers/<node>`: ephemeral published by the node's HA event manager.
+pub fn ha_server(node: &str) -> String {
+    format!("{HA_SERVERS}/{node}")
+}
+
+/// `/datom/ha/locks/<key>`: lock directory of one route table (`key` from
+/// `datom_ha_routing::lock::table_key`, a valid path segment).
+pub fn ha_lock(key: &str) -> String {
+    format!("{HA_LOCKS}/{key}")
+}
+
 /// Joins a parent path and a child name the way ZooKeeper lists them.
 pub fn join(parent: &str, child: &str) -> String {
     if parent == "/" { format!("/{child}") } else { format!("{parent}/{child}") }
@@ -205,6 +233,16 @@ mod tests {
         for c in CONTAINERS {
             assert_eq!(parent(c), ROOT);
         }
+    }
+
+    #[test]
+    fn ha_layout() {
+        assert_eq!(redundancy_event_prefix(3), "/datom/redundancy/3/ev-");
+        assert_eq!(ha_server("r1"), "/datom/ha/servers/r1");
+        assert_eq!(ha_lock("t-main"), "/datom/ha/locks/t-main");
+        assert_eq!(parent(HA_SERVERS), HA);
+        assert_eq!(parent(HA_LOCKS), HA);
+        assert_eq!(parent(HA), ROOT);
     }
 
     #[test]

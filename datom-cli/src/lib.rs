@@ -48,6 +48,24 @@ pub enum Command {
     Diagnose(cmd::service::DiagnoseArgs),
     /// Print peer events (up, changed, down) as they happen, until Ctrl-C.
     Watch(cmd::watch::WatchArgs),
+    /// HA routing: create redundancy node N (a route a pair of routers fails over).
+    #[command(name = "create_node", alias = "create-node")]
+    CreateNode(cmd::ha::CreateNodeArgs),
+    /// HA routing: change the given parameters of redundancy node N; the others keep their values.
+    #[command(name = "set_params", alias = "set-params")]
+    SetParams(cmd::ha::SetParamsArgs),
+    /// HA routing: remove the given optional parameters of redundancy node N.
+    #[command(name = "clear_params", alias = "clear-params")]
+    ClearParams(cmd::ha::ClearParamsArgs),
+    /// HA routing: delete redundancy node N (no error when it does not exist).
+    #[command(name = "delete_node", alias = "delete-node")]
+    DeleteNode(cmd::ha::DeleteNodeArgs),
+    /// HA routing: tell the event manager that an event occurred on redundancy node N.
+    #[command(name = "node_event", alias = "node-event")]
+    NodeEvent(cmd::ha::NodeEventArgs),
+    /// HA routing: start, stop or ping a node's event manager (datom-ha).
+    #[command(name = "ha_api", alias = "ha-api")]
+    HaApi(cmd::ha::HaApiArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -74,6 +92,12 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Restartservice(a) => cmd::service::restartservice(&cli.zk, a).await,
             Command::Diagnose(a) => cmd::service::diagnose(&cli.zk, a).await,
             Command::Watch(args) => cmd::watch::run(&cli.zk, args).await,
+            Command::CreateNode(args) => cmd::ha::create_node(&cli.zk, args).await,
+            Command::SetParams(args) => cmd::ha::set_params(&cli.zk, args).await,
+            Command::ClearParams(args) => cmd::ha::clear_params(&cli.zk, args).await,
+            Command::DeleteNode(args) => cmd::ha::delete_node(&cli.zk, args).await,
+            Command::NodeEvent(args) => cmd::ha::node_event(&cli.zk, args).await,
+            Command::HaApi(args) => cmd::ha::ha_api(&cli.zk, args).await,
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

@@ -1,6 +1,7 @@
 //! One module per `datom` command.
 
 pub mod addnode;
+pub mod ha;
 pub mod init;
 pub mod inspect;
 pub mod nodes;
