@@ -11,9 +11,11 @@ pub mod flags;
 pub mod fsutil;
 pub mod hardware;
 pub mod init;
+pub mod metrics;
 pub mod names;
 pub mod paths;
 pub mod records;
 pub mod rpc;
+pub mod status;
 
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -61,6 +61,11 @@ pub fn redundancy(index: u16) -> String {
     format!("{REDUNDANCY}/{index}")
 }
 
+/// Container of recorded transitions (sequential znodes, bounded history), read by
+/// `datom status` and the dashboard. Not created by `datom init`; whoever records the first
+/// transition creates it.
+pub const EVENTS: &str = "/datom/events";
+
 /// Joins a parent path and a child name the way ZooKeeper lists them.
 pub fn join(parent: &str, child: &str) -> String {
     if parent == "/" { format!("/{child}") } else { format!("{parent}/{child}") }
