@@ -57,6 +57,10 @@ pub struct Args {
     /// `service_name`; `node-agent` for the standard agent).
     #[arg(long = "service-name", alias = "service_name", default_value = "node-agent")]
     pub service_name: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one); published in
+    /// the live znode's `http` field. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 impl Args {
@@ -69,6 +73,7 @@ impl Args {
             nic_if: self.nic_if,
             domain_name: self.domain_name,
             service_name: self.service_name,
+            http: self.http,
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct Config {
     pub domain_name: String,
     /// This agent's service name.
     pub service_name: String,
+    /// Metrics address, if served.
+    pub http: Option<SocketAddr>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -161,12 +168,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let _ = stop_rx.wait_for(|s| *s).await;
         });
     });
+    let mut http = None;
+    if let Some(addr) = config.http {
+        let mut http_stop = stop_tx.subscribe();
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        match datom_common::metrics::serve_http(addr, datom_common::metrics::router(), stopped).await {
+            Ok((bound, _task)) => {
+                tracing::info!(%bound, "metrics at http://{bound}/metrics");
+                http = Some(bound.to_string());
+            }
+            Err(e) => {
+                coord.close().await;
+                anyhow::bail!("cannot serve metrics on {addr}: {e}; choose another address with --http");
+            }
+        }
+    }
     // 6. publish that we are up
     let live = LiveRecord {
         schema: SCHEMA,
         node: node.name.clone(),
         address: address.clone(),
-        http: None,
+        http,
         pid: std::process::id(),
         version: datom_version(),
         started_at: Utc::now(),
