@@ -35,11 +35,21 @@ pub enum Command {
     Addnode(cmd::addnode::AddnodeArgs),
     /// List nodes: live or dead, address, CPU and memory.
     Nodes(cmd::nodes::NodesArgs),
+    /// The cluster at a glance: config service, nodes, services, groups, redundancy, transitions.
+    Status(cmd::status::StatusArgs),
+    /// Print shell completions.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Print the man page, or write every man page into a directory.
+    Man(cmd::docs::ManArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
 pub fn main(cli: Cli) -> ExitCode {
-    datom_common::flags::init_logging(datom_common::flags::LogFormat::Text, "warn");
+    let log_format = match &cli.command {
+        Command::Up(args) => args.log.log_format,
+        _ => datom_common::flags::LogFormat::Text,
+    };
+    datom_common::flags::init_logging(log_format, "warn");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -55,6 +65,9 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Up(args) => cmd::up::run(&cli.zk, args).await,
             Command::Addnode(args) => cmd::addnode::run(&cli.zk, args).await,
             Command::Nodes(args) => cmd::nodes::run(&cli.zk, args).await,
+            Command::Status(args) => cmd::status::run(&cli.zk, args).await,
+            Command::Completions(args) => cmd::docs::completions(args),
+            Command::Man(args) => cmd::docs::man(args),
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

@@ -1,7 +1,9 @@
 //! One module per `datom` command.
 
 pub mod addnode;
+pub mod docs;
 pub mod init;
 pub mod inspect;
 pub mod nodes;
+pub mod status;
 pub mod up;
