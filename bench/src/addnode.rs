@@ -65,6 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         init: false,
         cluster: "bench".into(),
         id: "cs-bench".into(),
+        http: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(datom_config_service::run(config, async move {

@@ -77,6 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         domain_name: "local".into(),
         service_name: "node-agent".into(),
         stop_services_on_exit: true,
+        http: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(datom_node_agent::run(config, async move {

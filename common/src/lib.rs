@@ -11,6 +11,7 @@ pub mod flags;
 pub mod fsutil;
 pub mod hardware;
 pub mod init;
+pub mod metrics;
 pub mod names;
 pub mod paths;
 pub mod placement;
@@ -20,5 +21,6 @@ pub mod services;
 pub mod spec;
 
 pub mod cache;
+pub mod status;
 
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -177,6 +177,10 @@ pub fn ha_server(node: &str) -> String {
 pub fn ha_lock(key: &str) -> String {
     format!("{HA_LOCKS}/{key}")
 }
+/// Container of recorded transitions (sequential znodes, bounded history), read by
+/// `datom status` and the dashboard. Not created by `datom init`; whoever records the first
+/// transition creates it.
+pub const EVENTS: &str = "/datom/events";
 
 /// Joins a parent path and a child name the way ZooKeeper lists them.
 pub fn join(parent: &str, child: &str) -> String {

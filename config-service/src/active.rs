@@ -55,12 +55,26 @@ pub struct Leadership {
     address: String,
     role: watch::Sender<Role>,
     lock: Arc<Mutex<Option<LockGuard>>>,
+    http: Option<String>,
 }
 
 impl Leadership {
     /// A standby instance with id `id` advertising `address`.
     pub fn new(coord: Coord, id: String, address: String) -> Leadership {
-        Leadership { coord, id, address, role: watch::channel(Role::Standby).0, lock: Arc::new(Mutex::new(None)) }
+        Leadership {
+            coord,
+            id,
+            address,
+            role: watch::channel(Role::Standby).0,
+            lock: Arc::new(Mutex::new(None)),
+            http: None,
+        }
+    }
+
+    /// Sets the dashboard address published in the instance record and the lock node.
+    pub fn with_http(mut self, http: Option<String>) -> Leadership {
+        self.http = http;
+        self
     }
 
     /// This instance's id.
@@ -130,7 +144,8 @@ impl Leadership {
                 break;
             }
             let data =
-                serde_json::to_vec(&serde_json::json!({ "id": self.id, "address": self.address })).expect("json");
+                serde_json::to_vec(&serde_json::json!({ "id": self.id, "address": self.address, "http": self.http }))
+                    .expect("json");
             let acquired = tokio::select! {
                 r = self.coord.lock(paths::CONFIG_SERVICE_LOCK, "lock-", &data) => r,
                 _ = stop.wait_for(|s| *s) => break,
@@ -195,7 +210,7 @@ impl Leadership {
             schema: SCHEMA,
             id: self.id.clone(),
             address: self.address.clone(),
-            http: None,
+            http: self.http.clone(),
             pid: std::process::id(),
             started_at: Utc::now(),
         };

@@ -6,8 +6,10 @@
 //! - [`registry`]: the pure registration decisions (idempotence, NameTaken).
 //! - [`active`]: the active/standby loop and fencing of writes.
 //! - [`server`]: the tarpc `ConfigService` implementation.
+//! - [`dashboard`]: the read-only web dashboard, JSON API and `/metrics` (`--http`).
 
 pub mod active;
+pub mod dashboard;
 pub mod registry;
 pub mod server;
 
@@ -46,6 +48,10 @@ pub struct Args {
     /// Instance id (default: cs-<hostname>-<pid>).
     #[arg(long)]
     pub id: Option<String>,
+    /// Serve the dashboard, its JSON API and /metrics on this address (port 0 picks a free
+    /// one); published in /datom/configservice/instance. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 impl Args {
@@ -62,6 +68,7 @@ impl Args {
             init: self.init,
             cluster: self.cluster,
             id,
+            http: self.http,
         })
     }
 }
@@ -85,6 +92,8 @@ pub struct Config {
     pub cluster: String,
     /// Instance id.
     pub id: String,
+    /// Dashboard and metrics address, if served.
+    pub http: Option<SocketAddr>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -131,7 +140,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(id = %config.id, rpc = %bound, %advertise, "config service up (standby until it holds the lock)");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let leadership = active::Leadership::new(coord.clone(), config.id.clone(), advertise.clone());
+    let mut leadership = active::Leadership::new(coord.clone(), config.id.clone(), advertise.clone());
+    let mut dashboard = None;
+    if let Some(addr) = config.http {
+        let mut http_stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        let (bound, task) = dashboard::start(coord.clone(), leadership.clone(), addr, stopped)
+            .await
+            .with_context(|| format!("cannot serve the dashboard on {addr}; choose another address with --http"))?;
+        tracing::info!(http = %bound, "dashboard, JSON API and /metrics at http://{bound}/");
+        leadership = leadership.with_http(Some(bound.to_string()));
+        dashboard = Some(task);
+    }
     let server = server::ConfigServer { coord: coord.clone(), leadership: leadership.clone() };
     let mut rpc_stop = stop_rx.clone();
     let rpc = tokio::spawn(async move {
@@ -146,6 +168,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = stop_tx.send(true);
     let _ = leader_task.await;
     rpc.abort();
+    if let Some(d) = dashboard {
+        // Open pages' event streams end with the updater; give the server a moment to finish.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), d).await;
+    }
     coord.close().await;
     Ok(())
 }

@@ -66,11 +66,21 @@ pub enum Command {
     /// HA routing: start, stop or ping a node's event manager (datom-ha).
     #[command(name = "ha_api", alias = "ha-api")]
     HaApi(cmd::ha::HaApiArgs),
+    /// The cluster at a glance: config service, nodes, services, groups, redundancy, transitions.
+    Status(cmd::status::StatusArgs),
+    /// Print shell completions.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Print the man page, or write every man page into a directory.
+    Man(cmd::docs::ManArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
 pub fn main(cli: Cli) -> ExitCode {
-    datom_common::flags::init_logging(datom_common::flags::LogFormat::Text, "warn");
+    let log_format = match &cli.command {
+        Command::Up(args) => args.log.log_format,
+        _ => datom_common::flags::LogFormat::Text,
+    };
+    datom_common::flags::init_logging(log_format, "warn");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -98,6 +108,9 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::DeleteNode(args) => cmd::ha::delete_node(&cli.zk, args).await,
             Command::NodeEvent(args) => cmd::ha::node_event(&cli.zk, args).await,
             Command::HaApi(args) => cmd::ha::ha_api(&cli.zk, args).await,
+            Command::Status(args) => cmd::status::run(&cli.zk, args).await,
+            Command::Completions(args) => cmd::docs::completions(args),
+            Command::Man(args) => cmd::docs::man(args),
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

@@ -62,6 +62,10 @@ pub struct Args {
     /// running for the next agent to adopt).
     #[arg(long)]
     pub stop_services_on_exit: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one); published in
+    /// the live znode's `http` field. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 impl Args {
@@ -75,6 +79,7 @@ impl Args {
             domain_name: self.domain_name,
             service_name: self.service_name,
             stop_services_on_exit: self.stop_services_on_exit,
+            http: self.http,
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Config {
     pub service_name: String,
     /// Stop services on a deliberate shutdown.
     pub stop_services_on_exit: bool,
+    /// Metrics address, if served.
+    pub http: Option<SocketAddr>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -125,6 +132,8 @@ pub struct Agent {
     pub args: BTreeMap<String, String>,
     /// Service supervision.
     pub supervisor: supervisor::Supervisor,
+    /// The process's connection cache (seed 003's getConnection()).
+    pub cache: datom_common::cache::ConnectionCache,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -140,7 +149,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     // 3. properties
     let properties = properties::Properties::start(&coord, &node);
-    // 4. connection cache: wired in by the connection cache issue.
+    // 4. connection cache: one per process, shared by everything in the agent.
+    let cache = datom_common::cache::ConnectionCache::start(coord.clone());
     // 5. API
     let ip = resolve_nic(&config.nic_if)?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, config.port))
@@ -165,6 +175,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         properties,
         args,
         supervisor: supervisor.clone(),
+        cache: cache.clone(),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = api::AgentServer { agent: agent.clone() };
@@ -174,12 +185,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let _ = stop_rx.wait_for(|s| *s).await;
         });
     });
+    let mut http = None;
+    if let Some(addr) = config.http {
+        let mut http_stop = stop_tx.subscribe();
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        match datom_common::metrics::serve_http(addr, datom_common::metrics::router(), stopped).await {
+            Ok((bound, _task)) => {
+                tracing::info!(%bound, "metrics at http://{bound}/metrics");
+                http = Some(bound.to_string());
+            }
+            Err(e) => {
+                coord.close().await;
+                anyhow::bail!("cannot serve metrics on {addr}: {e}; choose another address with --http");
+            }
+        }
+    }
     // 6. publish that we are up
     let live = LiveRecord {
         schema: SCHEMA,
         node: node.name.clone(),
         address: address.clone(),
-        http: None,
+        http,
         pid: std::process::id(),
         version: datom_version(),
         started_at: Utc::now(),
@@ -199,6 +227,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     tracing::info!("shutting down: removing {live_path}");
     supervisor.shutdown(config.stop_services_on_exit).await;
+    cache.close();
     let _ = stop_tx.send(true);
     let _ = handle.remove().await;
     coord.close().await;

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use datom_common::{Coord, CoordConfig};
 pub use datom_zk_harness as harness;
 
+pub mod prom;
+
 /// A connect string for a fresh chroot on the binary's shared ZooKeeper server.
 pub async fn fresh_zk(test: &str) -> String {
     let server = tokio::task::spawn_blocking(harness::shared_server).await.expect("shared server");
@@ -271,4 +273,104 @@ pub fn pid_alive(pid: u32) -> bool {
         Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z"),
         Err(_) => false,
     }
+}
+/// A minimal HTTP/1.1 GET (`Connection: close`) against a loopback server: (status code,
+/// headers, body). The body ends at its Content-Length, after its last chunk, or when the
+/// server closes the connection.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String, String)> {
+    use std::io::{BufRead, Read, Write};
+    let sock: std::net::SocketAddr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut reader = std::io::BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
+    });
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let mut raw = Vec::new();
+    match length {
+        _ if chunked => loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunk size: {e}")))?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        },
+        Some(n) => {
+            raw.resize(n, 0);
+            reader.read_exact(&mut raw)?;
+        }
+        None => {
+            reader.read_to_end(&mut raw)?;
+        }
+    }
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, head, String::from_utf8_lossy(&raw).into_owned()))
+}
+
+/// Starts `datom-config-service` with the dashboard on a free port; returns it, its RPC
+/// address and its dashboard address.
+pub fn config_service_http(zk: &str, id: &str, extra: &[&str]) -> (Proc, String, String) {
+    let http = format!("127.0.0.1:{}", harness::free_port());
+    let mut args = vec!["--http", &http];
+    args.extend_from_slice(extra);
+    let (p, addr) = config_service(zk, id, &args);
+    (p, addr, http)
+}
+
+/// The live record of `node`, once its agent has published it.
+pub async fn wait_live(c: &Coord, node: &str, timeout: Duration) -> datom_common::records::LiveRecord {
+    let path = datom_common::paths::node_live(node);
+    wait_for(&format!("{path} to exist"), timeout, || async {
+        c.get::<datom_common::records::LiveRecord>(&path).await.ok().flatten().map(|v| v.value)
+    })
+    .await
+}
+
+/// Waits until `node`'s live znode is gone.
+pub async fn wait_dead(c: &Coord, node: &str, timeout: Duration) {
+    let path = datom_common::paths::node_live(node);
+    wait_for(&format!("{path} to go away"), timeout, || async {
+        matches!(c.exists(&path).await, Ok(None)).then_some(())
+    })
+    .await
+}
+
+/// Whether `pid` is running (not gone and not a zombie).
+pub fn pid_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| st != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Pids whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(needle)
+            && pid_running(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
 }

@@ -85,8 +85,32 @@ pub fn available() -> bool {
     classpath().is_ok() && Command::new("java").arg("-version").stderr(Stdio::null()).status().is_ok()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
+/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range so that no
+/// outgoing connection (which takes ephemeral ports) can grab it between our check and the
+/// server's bind. Random within 10000..start-of-ephemeral-range, verified by binding.
 pub fn free_port() -> u16 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let low_ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, low_ephemeral.max(10_100));
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ ((std::process::id() as u64) << 32)
+        ^ SEQ.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    for _ in 0..1000 {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = (lo + (x % (hi - lo) as u64) as u32) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
 }
 

@@ -90,10 +90,12 @@ pub(crate) async fn run<C: Dial>(inner: Arc<Inner>, slot: Arc<Slot<C>>) {
     loop {
         if !first {
             Counters::inc(&inner.counters.redials);
+            crate::metrics::global().cache.redials.inc();
             slot.state.send_replace(ConnState::Dialing);
         }
         first = false;
         Counters::inc(&inner.counters.dials);
+        crate::metrics::global().cache.dials.inc();
         let mut wait = true;
         match C::dial(slot.address.clone(), cfg.dial_timeout).await {
             Ok(Dialed { client, dispatch }) => {

@@ -242,6 +242,7 @@ impl Inner {
         }
         drop(st);
         Counters::inc(&self.counters.resyncs);
+        crate::metrics::global().cache.resyncs.inc();
         self.resyncs.send_modify(|n| *n += 1);
     }
 
@@ -275,6 +276,7 @@ impl Inner {
                     tracing::debug!(%peer, address = addr, reason = %why, "evicting connection");
                     e.close(why);
                     Counters::inc(&self.counters.evictions);
+                    crate::metrics::global().cache.evictions.inc();
                     false
                 }
             }
@@ -445,6 +447,7 @@ impl ConnectionCache {
             let slot: Arc<Slot<C>> = e.any.clone().downcast().expect("entries are keyed by type");
             if let ConnState::Ready(c) = &*slot.state.borrow() {
                 Counters::inc(&inner.counters.hits);
+                crate::metrics::global().cache.hits.inc();
                 return Ok(Found::Hit(c.clone()));
             }
             return Ok(Found::Wait(slot, false));
@@ -453,6 +456,7 @@ impl ConnectionCache {
             return Ok(Found::NotRegistered);
         };
         Counters::inc(&inner.counters.misses);
+        crate::metrics::global().cache.misses.inc();
         let slot = Arc::new(Slot { peer: peer.clone(), address, state: watch::channel(ConnState::<C>::Dialing).0 });
         let task = tokio::spawn(conn::run(inner.clone(), slot.clone()));
         let entry = Entry { slot: slot.clone(), any: slot.clone(), task: task.abort_handle() };

@@ -333,6 +333,7 @@ impl Coord {
         });
         let coord = Coord { shared };
         tokio::spawn(coord.clone().supervise(client));
+        crate::metrics::track_session(coord.watch_status());
         Ok(coord)
     }
 
@@ -390,11 +391,14 @@ impl Coord {
         Fut: Future<Output = Result<T, zk::Error>>,
     {
         let client = self.client().await?;
-        match tokio::time::timeout(self.shared.config.op_timeout, f(client)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.shared.config.op_timeout, f(client)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CoordError::from_zk(op, path, e, version)),
             Err(_) => Err(CoordError::Timeout { op, path: path.to_string(), timeout: self.shared.config.op_timeout }),
-        }
+        };
+        crate::metrics::observe_zk_op(op, started, &result);
+        result
     }
 
     pub(crate) fn acls(&self) -> zk::Acls<'_> {
@@ -569,7 +573,8 @@ impl Coord {
             res.map_err(|e| CoordError::from_zk("multi", op.path(), e, op.version()))?;
         }
         let timeout = self.shared.config.op_timeout;
-        match tokio::time::timeout(timeout, writer.commit()).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, writer.commit()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(zk::MultiWriteError::OperationFailed { index, source })) => {
                 let op = &ops[index.min(ops.len() - 1)];
@@ -579,7 +584,9 @@ impl Coord {
                 Err(CoordError::from_zk("multi", ops[0].path(), source, None))
             }
             Err(_) => Err(CoordError::Timeout { op: "multi", path: ops[0].path().to_string(), timeout }),
-        }
+        };
+        crate::metrics::observe_zk_op("multi", started, &result);
+        result
     }
 
     /// Registers an ephemeral znode: created now, and re-created by the supervisor after every

@@ -416,6 +416,13 @@ impl Runtime {
         let backoff =
             Duration::from_millis(spec.restart.backoff_ms.saturating_mul(1 << exp).min(spec.restart.backoff_max_ms));
         self.restarts.push_back(Instant::now());
+        datom_common::metrics::global()
+            .service_restarts
+            .get_or_create(&datom_common::metrics::ServiceNodeLabels {
+                service: self.svc.clone(),
+                node: self.ctx.node.clone(),
+            })
+            .inc();
         self.set_state(ServiceState::Starting);
         // Back off, but let a stop (or anything else) interrupt; the run loop restarts.
         self.restart_due = true;
