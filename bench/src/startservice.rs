@@ -78,6 +78,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         service_name: "node-agent".into(),
         stop_services_on_exit: true,
         http: None,
+        fence_fraction: 0.5,
+        report_load: true,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(datom_node_agent::run(config, async move {

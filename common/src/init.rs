@@ -43,8 +43,14 @@ pub async fn init_tree(coord: &Coord, cluster: &str) -> Result<InitOutcome, Init
         return Ok(InitOutcome::AlreadyInitialized(existing));
     }
     let now = Utc::now();
-    let record =
-        ClusterRecord { schema: SCHEMA, name: cluster.to_string(), created_at: now, created_by: datom_version() };
+    let record = ClusterRecord {
+        schema: SCHEMA,
+        name: cluster.to_string(),
+        created_at: now,
+        created_by: datom_version(),
+        placement_strategy: None,
+        min_move_interval_s: None,
+    };
     let mut ops =
         vec![Op::Create { path: paths::ROOT.into(), data: encode(paths::ROOT, &record)?, mode: Mode::Persistent }];
     for c in paths::CONTAINERS {

@@ -182,6 +182,20 @@ pub fn ha_lock(key: &str) -> String {
 /// transition creates it.
 pub const EVENTS: &str = "/datom/events";
 
+/// Prefix for creating a transition record (persistent sequential `ev-<seq>`).
+pub const EVENT_PREFIX: &str = "/datom/events/ev-";
+
+/// `/datom/services/<svc>/placement`: when the service last moved.
+pub fn service_placement(svc: &str) -> String {
+    format!("{SERVICES}/{svc}/placement")
+}
+
+/// `/datom/nodes/<node>/maintenance`: present while the node's agent is stopped on purpose
+/// with its services left running.
+pub fn node_maintenance(node: &str) -> String {
+    format!("{NODES}/{node}/maintenance")
+}
+
 /// Joins a parent path and a child name the way ZooKeeper lists them.
 pub fn join(parent: &str, child: &str) -> String {
     if parent == "/" { format!("/{child}") } else { format!("{parent}/{child}") }

@@ -30,6 +30,12 @@ pub struct ClusterRecord {
     pub created_at: DateTime<Utc>,
     /// The datom version that created the tree.
     pub created_by: String,
+    /// Placement strategy the transition master uses (`cost` when absent; or `first-fit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_strategy: Option<String>,
+    /// Minimum seconds between two voluntary moves of one service (failback); 30 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_move_interval_s: Option<u64>,
 }
 
 /// `/datom/configservice`: its existence marks an initialised datom instance (seed 003).
@@ -266,4 +272,112 @@ pub struct InstanceRecord {
     /// Last health check or failure message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// What made the transition master declare a transition (seed 001's step 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A node's live ephemeral disappeared.
+    NodeDied {
+        /// The node.
+        node: String,
+    },
+    /// A service exhausted its restarts on a node.
+    ServiceFailed {
+        /// The service.
+        service: String,
+        /// The node it failed on.
+        node: String,
+    },
+    /// `datom startservice` without `--node`.
+    StartRequested {
+        /// The service.
+        service: String,
+    },
+    /// A node's live ephemeral appeared.
+    NodeJoined {
+        /// The node.
+        node: String,
+    },
+    /// `datom move`.
+    Move {
+        /// The service.
+        service: String,
+        /// Where to.
+        to: String,
+    },
+    /// `datom node drain`.
+    Drain {
+        /// The node.
+        node: String,
+    },
+}
+
+/// One placement decision of a transition: a unit of services (start order) goes to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The services that move together (a group or a service with its dependencies), in start
+    /// order.
+    pub services: Vec<String>,
+    /// Where they were (absent for a fresh start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Where they go.
+    pub to: String,
+    /// Why this node: its cost, or the rule that chose it.
+    pub reason: String,
+}
+
+/// A unit the master could not place, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unplaced {
+    /// The services.
+    pub services: Vec<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// `/datom/events/ev-<seq>`: a transition, as recorded by the transition master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// When it was declared.
+    pub at: DateTime<Utc>,
+    /// The config service instance acting as transition master.
+    pub master: String,
+    /// What triggered it.
+    pub trigger: Trigger,
+    /// Where services went.
+    pub decisions: Vec<Decision>,
+    /// What could not be placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplaced: Vec<Unplaced>,
+}
+
+/// `/datom/services/<svc>/placement`: when the service last moved (for the no-ping-pong rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Node(s) it was placed on last.
+    pub nodes: Vec<String>,
+    /// When it last moved.
+    pub moved_at: DateTime<Utc>,
+}
+
+/// `/datom/nodes/<node>/maintenance`: the node's agent was stopped on purpose and left its
+/// services running; the transition master does not fail them over. Removed by the next agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRecord {
+    /// Record schema version.
+    #[serde(default = "schema")]
+    pub schema: u32,
+    /// Since when.
+    pub since: DateTime<Utc>,
+    /// Why.
+    pub reason: String,
 }

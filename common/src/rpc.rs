@@ -78,6 +78,14 @@ pub trait ConfigService {
     async fn remove_node(name: String) -> Result<(), ConfigError>;
     /// Replaces the services a node should run.
     async fn set_node_services(name: String, services: Vec<String>) -> Result<NodeRecord, ConfigError>;
+    /// `startservice` without `--node`: the transition master places and starts the service.
+    async fn place_service(service: String) -> Result<crate::records::TransitionRecord, ConfigError>;
+    /// Moves a service (with what must move with it) to a node.
+    async fn move_service(service: String, to: String) -> Result<crate::records::TransitionRecord, ConfigError>;
+    /// Marks a node unschedulable and moves everything off it.
+    async fn drain_node(node: String) -> Result<crate::records::TransitionRecord, ConfigError>;
+    /// Makes a drained node schedulable again.
+    async fn undrain_node(node: String) -> Result<NodeRecord, ConfigError>;
 }
 
 /// Health of a node agent.

@@ -12,6 +12,7 @@ pub mod active;
 pub mod dashboard;
 pub mod registry;
 pub mod server;
+pub mod transitions;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -154,7 +155,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         leadership = leadership.with_http(Some(bound.to_string()));
         dashboard = Some(task);
     }
-    let server = server::ConfigServer { coord: coord.clone(), leadership: leadership.clone() };
+    let master = transitions::Master::new(coord.clone(), leadership.clone());
+    let server = server::ConfigServer { coord: coord.clone(), leadership: leadership.clone(), master: master.clone() };
+    let master_task = tokio::spawn(master.run(stop_rx.clone()));
     let mut rpc_stop = stop_rx.clone();
     let rpc = tokio::spawn(async move {
         use datom_common::rpc::ConfigService as _;
@@ -167,6 +170,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("shutting down: releasing activity");
     let _ = stop_tx.send(true);
     let _ = leader_task.await;
+    master_task.abort();
     rpc.abort();
     if let Some(d) = dashboard {
         // Open pages' event streams end with the updater; give the server a moment to finish.

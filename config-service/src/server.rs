@@ -4,7 +4,7 @@
 use chrono::Utc;
 use datom_common::coord::{CoordError, Mode, Op, SessionState, encode};
 use datom_common::names::{self, NameKind};
-use datom_common::records::NodeRecord;
+use datom_common::records::{NodeRecord, TransitionRecord};
 use datom_common::rpc::{AddNodeRequest, ConfigError, ConfigService};
 use datom_common::{Coord, paths};
 use tarpc::context::Context;
@@ -19,6 +19,8 @@ pub struct ConfigServer {
     pub coord: Coord,
     /// This instance's activity.
     pub leadership: Leadership,
+    /// The transition master (acts while this instance is active).
+    pub master: crate::transitions::Master,
 }
 
 impl ConfigServer {
@@ -76,6 +78,22 @@ impl ConfigServer {
 }
 
 impl ConfigService for ConfigServer {
+    async fn place_service(self, _: Context, service: String) -> Result<TransitionRecord, ConfigError> {
+        self.master.place_service(&service).await
+    }
+
+    async fn move_service(self, _: Context, service: String, to: String) -> Result<TransitionRecord, ConfigError> {
+        self.master.move_service(&service, &to).await
+    }
+
+    async fn drain_node(self, _: Context, node: String) -> Result<TransitionRecord, ConfigError> {
+        self.master.drain(&node).await
+    }
+
+    async fn undrain_node(self, _: Context, node: String) -> Result<NodeRecord, ConfigError> {
+        self.master.set_schedulable(&node, true).await
+    }
+
     async fn add_node(self, _: Context, req: AddNodeRequest) -> Result<NodeRecord, ConfigError> {
         self.add(req).await
     }

@@ -46,6 +46,13 @@ pub enum Command {
     Restartservice(cmd::service::StartArgs),
     /// Run a service's health check now and print the result (exit 2 when failing).
     Diagnose(cmd::service::DiagnoseArgs),
+    /// Move a service (and what must move with it) to another node.
+    Move(cmd::failover::MoveArgs),
+    /// Drain or undrain a node.
+    #[command(subcommand)]
+    Node(cmd::failover::NodeCmd),
+    /// The latest transitions recorded by the transition master.
+    Events(cmd::failover::EventsArgs),
     /// Print peer events (up, changed, down) as they happen, until Ctrl-C.
     Watch(cmd::watch::WatchArgs),
     /// HA routing: create redundancy node N (a route a pair of routers fails over).
@@ -101,6 +108,9 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Stopservice(a) => cmd::service::stopservice(&cli.zk, a).await,
             Command::Restartservice(a) => cmd::service::restartservice(&cli.zk, a).await,
             Command::Diagnose(a) => cmd::service::diagnose(&cli.zk, a).await,
+            Command::Move(a) => cmd::failover::move_service(&cli.zk, a).await,
+            Command::Node(c) => cmd::failover::node(&cli.zk, c).await,
+            Command::Events(a) => cmd::failover::events(&cli.zk, a).await,
             Command::Watch(args) => cmd::watch::run(&cli.zk, args).await,
             Command::CreateNode(args) => cmd::ha::create_node(&cli.zk, args).await,
             Command::SetParams(args) => cmd::ha::set_params(&cli.zk, args).await,

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod bootup;
+pub mod fence;
 pub mod properties;
 pub mod supervisor;
 
@@ -62,6 +63,14 @@ pub struct Args {
     /// running for the next agent to adopt).
     #[arg(long)]
     pub stop_services_on_exit: bool,
+    /// Self-fencing: stop failover-enabled services once the session has been suspended (or
+    /// the agent stalled) for this fraction of the session timeout.
+    #[arg(long, default_value_t = 0.5)]
+    pub fence_fraction: f64,
+    /// Report CPU and memory use in the live record every 5 s, for placement (`false` makes
+    /// placement see this node as idle: useful when several agents share one machine).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub report_load: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one); published in
     /// the live znode's `http` field. Off when not given.
     #[arg(long, value_name = "ADDR")]
@@ -79,6 +88,8 @@ impl Args {
             domain_name: self.domain_name,
             service_name: self.service_name,
             stop_services_on_exit: self.stop_services_on_exit,
+            fence_fraction: self.fence_fraction,
+            report_load: self.report_load,
             http: self.http,
         }
     }
@@ -101,6 +112,10 @@ pub struct Config {
     pub service_name: String,
     /// Stop services on a deliberate shutdown.
     pub stop_services_on_exit: bool,
+    /// Self-fencing threshold, as a fraction of the session timeout.
+    pub fence_fraction: f64,
+    /// Report load for placement.
+    pub report_load: bool,
     /// Metrics address, if served.
     pub http: Option<SocketAddr>,
 }
@@ -224,15 +239,75 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     tracing::info!(node = %node.name, %address, "node agent up; published {live_path}");
+    // Back from a deliberate stop: the node is managed again.
+    let _ = coord.delete_if_exists(&paths::node_maintenance(&node.name)).await;
+    let handle = std::sync::Arc::new(handle);
+    let fence_task = tokio::spawn(fence::monitor(coord.clone(), supervisor.clone(), config.fence_fraction));
+    let load_task = tokio::spawn(report_load(handle.clone(), live.clone(), config.report_load));
     shutdown.await;
     tracing::info!("shutting down: removing {live_path}");
+    fence_task.abort();
+    load_task.abort();
+    let left_running = !config.stop_services_on_exit
+        && supervisor.states().await.values().any(|s| *s != datom_common::records::ServiceState::Oos);
     supervisor.shutdown(config.stop_services_on_exit).await;
+    if left_running {
+        // Maintenance: services keep running unsupervised; the transition master must not fail
+        // them over while this marker exists (the next agent removes it and adopts them).
+        let rec = datom_common::records::MaintenanceRecord {
+            schema: SCHEMA,
+            since: Utc::now(),
+            reason: "agent stopped on purpose; services left running".into(),
+        };
+        let path = paths::node_maintenance(&node.name);
+        let _ = coord.delete_if_exists(&path).await;
+        if let Err(e) = coord.create(&path, &rec, datom_common::coord::Mode::Persistent).await {
+            tracing::warn!(error = %e, "cannot write the maintenance marker");
+        }
+    }
     cache.close();
     let _ = stop_tx.send(true);
-    let _ = handle.remove().await;
+    if let Ok(h) = std::sync::Arc::try_unwrap(handle) {
+        let _ = h.remove().await;
+    }
     coord.close().await;
     rpc.abort();
     Ok(())
+}
+
+/// Refreshes the load in the live record every 5 s (CPU busy %, memory used), for placement.
+async fn report_load(
+    handle: std::sync::Arc<datom_common::coord::EphemeralHandle>,
+    mut live: LiveRecord,
+    enabled: bool,
+) {
+    if !enabled {
+        return;
+    }
+    let mut sys = match sysinfo::System::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read CPU and memory usage; placement sees this node as idle");
+            return;
+        }
+    };
+    loop {
+        sys.refresh_cpu_usage();
+        tokio::time::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.max(std::time::Duration::from_millis(500))).await;
+        sys.refresh_cpu_usage();
+        sys.refresh_memory();
+        live.load = Some(datom_common::records::NodeLoad {
+            cpu_percent: sys.global_cpu_usage().round().clamp(0.0, 100.0) as u32,
+            memory_used_bytes: sys.used_memory(),
+            at: Utc::now(),
+        });
+        if let Ok(data) = encode(handle.path(), &live)
+            && let Err(e) = handle.set_data(data).await
+        {
+            tracing::debug!(error = %e, "cannot update the live record's load");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
 
 /// The address to serve on for `--nic-if`: an IP literal, or the interface's first IPv4

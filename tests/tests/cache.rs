@@ -88,6 +88,35 @@ impl NodeAgent for StubNodeAgent {
 struct StubConfigService;
 
 impl ConfigService for StubConfigService {
+    async fn place_service(
+        self,
+        _: tarpc::context::Context,
+        _s: String,
+    ) -> Result<datom_common::records::TransitionRecord, ConfigError> {
+        Err(ConfigError::NotActive { active: None })
+    }
+    async fn move_service(
+        self,
+        _: tarpc::context::Context,
+        _s: String,
+        _t: String,
+    ) -> Result<datom_common::records::TransitionRecord, ConfigError> {
+        Err(ConfigError::NotActive { active: None })
+    }
+    async fn drain_node(
+        self,
+        _: tarpc::context::Context,
+        _n: String,
+    ) -> Result<datom_common::records::TransitionRecord, ConfigError> {
+        Err(ConfigError::NotActive { active: None })
+    }
+    async fn undrain_node(
+        self,
+        _: tarpc::context::Context,
+        _n: String,
+    ) -> Result<datom_common::records::NodeRecord, ConfigError> {
+        Err(ConfigError::NotActive { active: None })
+    }
     async fn add_node(self, _: Context, _: AddNodeRequest) -> Result<NodeRecord, ConfigError> {
         Err(ConfigError::InvalidArgument("stub".into()))
     }

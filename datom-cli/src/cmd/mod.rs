@@ -2,6 +2,7 @@
 
 pub mod addnode;
 pub mod docs;
+pub mod failover;
 pub mod ha;
 pub mod init;
 pub mod inspect;

@@ -10,7 +10,7 @@ use datom_common::flags::ZkArgs;
 use datom_common::records::{LiveRecord, Operation};
 use datom_common::rpc::{ctx, dial_node_agent};
 use datom_common::services::{self, Applied};
-use datom_common::spec::{DependencyGraph, NodeSet, ServiceSpec};
+use datom_common::spec::{DependencyGraph, ServiceSpec};
 use datom_common::{Coord, paths};
 
 /// `datom service ...`.
@@ -187,22 +187,21 @@ pub async fn service(zk: &ZkArgs, cmd: ServiceCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The node a start without `--node` goes to: the spec's first placement node.
-async fn default_node(c: &Coord, svc: &str) -> anyhow::Result<String> {
-    let spec = services::load_spec(c, svc).await?;
-    match &spec.placement.nodes {
-        NodeSet::Only(nodes) => Ok(nodes[0].clone()),
-        NodeSet::Any => bail!("{svc:?} may run on any node: say which with --node"),
-    }
-}
-
-/// Runs `datom startservice`.
+/// Runs `datom startservice`: on `--node`, or where the transition master places it.
 pub async fn startservice(zk: &ZkArgs, args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.node.is_none() {
+        datom_common::names::validate(datom_common::names::NameKind::Service, &args.service)?;
+        let t = crate::cmd::failover::place(zk, &args.service).await?;
+        if t.decisions.is_empty() {
+            println!("{} already runs on as many nodes as it has replicas", args.service);
+        }
+        for d in &t.decisions {
+            println!("starting {} on {} (in order: {}; {})", args.service, d.to, d.services.join(", "), d.reason);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (node, order) = with_coord(zk, async |c| {
-        let node = match &args.node {
-            Some(n) => n.clone(),
-            None => default_node(c, &args.service).await?,
-        };
+        let node = args.node.clone().expect("checked above");
         let order = services::start(c, &args.service, &node, "operator").await?;
         Ok((node, order))
     })

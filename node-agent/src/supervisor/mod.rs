@@ -33,6 +33,7 @@ pub struct Supervisor {
     runtimes: Arc<Mutex<BTreeMap<String, RuntimeHandle>>>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     stop: Arc<Notify>,
+    fenced: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Supervisor {
@@ -49,6 +50,7 @@ impl Supervisor {
             runtimes: Arc::new(Mutex::new(BTreeMap::new())),
             task: Arc::new(Mutex::new(None)),
             stop: Arc::new(Notify::new()),
+            fenced: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let task = tokio::spawn(sup.clone().run(ctx));
         // Log rotation for the services' output.
@@ -71,6 +73,7 @@ impl Supervisor {
         let desired_cache = ctx.coord.tree_cache(&desired_root);
         let specs_cache = ctx.coord.tree_cache(paths::SERVICES);
         let mut desired_events = desired_cache.subscribe();
+        let mut fenced_rx = self.fenced.subscribe();
         let mut spec_events = specs_cache.subscribe();
         desired_cache.wait_synced().await;
         specs_cache.wait_synced().await;
@@ -106,7 +109,22 @@ impl Supervisor {
                     (k.clone(), o)
                 })
                 .collect();
-            let (actions, waiting) = plan::plan(&desired, &specs, &observed);
+            let (mut actions, waiting) = plan::plan(&desired, &specs, &observed);
+            // Self-fencing: while fenced, failover-enabled services are kept stopped here
+            // (another node may be running them); everything else carries on.
+            if *fenced_rx.borrow_and_update() {
+                let failover = |svc: &str| specs.get(svc).is_some_and(|s| s.failover);
+                actions.retain(|a| match a {
+                    Action::Start { svc, .. } | Action::Restart { svc, .. } => !failover(svc),
+                    _ => true,
+                });
+                for (svc, o) in &observed {
+                    if failover(svc) && matches!(o.target, Target::Run { .. }) {
+                        tracing::warn!(service = %svc, "self-fencing: stopping a failover-enabled service");
+                        actions.push(Action::Stop { svc: svc.clone(), force: true });
+                    }
+                }
+            }
             let now_waiting: BTreeSet<String> = waiting.iter().map(|w| format!("{}: {}", w.svc, w.reason)).collect();
             for w in now_waiting.difference(&last_waiting) {
                 tracing::info!("{w}");
@@ -144,11 +162,22 @@ impl Supervisor {
                 r = desired_events.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
                 r = spec_events.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
                 _ = ctx.notify.notified() => {}
+                r = fenced_rx.changed() => if r.is_err() { return },
                 _ = self.stop.notified() => return,
             }
             // Fold a burst of queued events into one plan.
             while desired_events.try_recv().is_ok() || spec_events.try_recv().is_ok() {}
         }
+    }
+
+    /// Enters or leaves self-fencing (see [`crate::fence`]).
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.send_if_modified(|f| std::mem::replace(f, fenced) != fenced);
+    }
+
+    /// Whether self-fencing is in force.
+    pub fn fenced(&self) -> bool {
+        *self.fenced.borrow()
     }
 
     /// Runs a service's check now.
