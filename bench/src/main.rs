@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod addnode;
+mod failover;
 mod cache;
 mod routefailover;
 mod startservice;
@@ -26,6 +27,8 @@ enum Scenario {
     Addnode(addnode::Args),
     /// Time from `startservice` returning to the instance IN_SERVICE, through a real agent.
     Startservice(startservice::Args),
+    /// Agent SIGKILL → failover service IN_SERVICE on another node, beside raw ephemeral expiry.
+    Failover(failover::Args),
     /// Connection cache: hit latency and re-registration → every cache updated, beside raw
     /// ZooKeeper watch latency.
     Cache(cache::Args),
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
             Scenario::Addnode(a) => addnode::run(a).await,
             Scenario::Startservice(a) => startservice::run(a).await,
+            Scenario::Failover(a) => failover::run(a).await,
             Scenario::Cache(a) => cache::run(a).await,
             Scenario::RouteFailover(a) => routefailover::run(a).await,
             Scenario::HoldEphemeral(a) => routefailover::hold(a).await,

@@ -91,9 +91,9 @@ pub struct Figures {
 }
 
 /// A child process SIGKILLed on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 impl Proc {
-    fn sigkill(&mut self) {
+    pub(crate) fn sigkill(&mut self) {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
@@ -106,7 +106,7 @@ impl Drop for Proc {
 }
 
 /// Spawns `cmd` with stdout piped and returns it with the first stdout line, parsed as JSON.
-fn spawn_ready(mut cmd: Command) -> anyhow::Result<(Proc, serde_json::Value)> {
+pub(crate) fn spawn_ready(mut cmd: Command) -> anyhow::Result<(Proc, serde_json::Value)> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn helper")?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
@@ -264,7 +264,7 @@ async fn measure(args: &Args, conn: &str, coord: &Coord) -> anyhow::Result<Figur
     })
 }
 
-async fn raw_kill(
+pub(crate) async fn raw_kill(
     bench: &Path,
     session: u64,
     conn: &str,
