@@ -31,6 +31,8 @@ pub enum Command {
     Tree(cmd::inspect::TreeArgs),
     /// Run a local cluster: a managed ZooKeeper, init, and the tree; Ctrl-C stops it.
     Up(cmd::up::UpArgs),
+    /// Replicated key/value volumes: create, put, get, delete, status.
+    Volume(cmd::volume::VolumeArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -49,6 +51,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Get(args) => cmd::inspect::get(&cli.zk, args).await,
             Command::Tree(args) => cmd::inspect::tree(&cli.zk, args).await,
             Command::Up(args) => cmd::up::run(&cli.zk, args).await,
+            Command::Volume(args) => cmd::volume::run(&cli.zk, args).await,
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

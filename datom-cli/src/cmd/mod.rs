@@ -3,3 +3,4 @@
 pub mod init;
 pub mod inspect;
 pub mod up;
+pub mod volume;
