@@ -3,7 +3,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod pbfailover;
+mod pbgroup;
 mod stats;
+mod volume;
 mod zkraw;
 
 /// Benchmarks datom against real ZooKeeper.
@@ -18,6 +21,13 @@ struct Cli {
 enum Scenario {
     /// Raw ZooKeeper: create latency, pipelined create/setData throughput, watch latency.
     ZkRaw(zkraw::Args),
+    /// Replicated volume: write throughput/latency, leader kills, acknowledged writes read back.
+    Volume(volume::Args),
+    /// Primary-backup failover time after SIGKILL and graceful stop, beside raw ephemeral expiry.
+    PbFailover(pbfailover::Args),
+    /// (internal) A plain ZooKeeper client holding an ephemeral znode until killed.
+    #[command(hide = true)]
+    ZkEphemeralHolder(pbfailover::HolderArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +36,9 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         match cli.scenario {
             Scenario::ZkRaw(a) => zkraw::run(a).await,
+            Scenario::Volume(a) => volume::run(a).await,
+            Scenario::PbFailover(a) => pbfailover::run(a).await,
+            Scenario::ZkEphemeralHolder(a) => pbfailover::hold(a).await,
         }
     });
     match res {

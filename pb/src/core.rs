@@ -260,8 +260,9 @@ impl<S: Replica> Core<S> {
                 db = %applied,
                 journal = %last,
                 replay_to = known.max(applied.index),
-                "the db is behind the journal (a crash between journal write and db apply): replaying the entries \
-                 known committed now; the rest wait for the leader's commit point"
+                "the db is behind the journal (the process stopped between journal write and db apply, or \
+                 before the last db checkpoint): replaying the entries known committed now; the rest wait for the \
+                 leader's commit point"
             );
         }
         let promised = file_term.max(last.term);

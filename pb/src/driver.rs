@@ -336,11 +336,16 @@ impl<S: Replica> Driver<S> {
                 _ = publish_tick.tick() => self.publish_if_changed(),
             }
         }
-        // Graceful stop.
+        // Graceful stop: stop leading, then free the lock before the registration goes, so the
+        // members that react to the registration's deletion find the lock free.
         let acts = self.machine.handle(Event::Stop);
         for a in acts {
+            if a == Action::ReleaseLock {
+                continue;
+            }
             self.execute(a, &lock_tx);
         }
+        self.lock_gen.fetch_add(1, Ordering::SeqCst);
         let node = self.lock_node.lock().unwrap().take();
         if let Some(node) = node {
             let _ = self.coord.delete_if_exists(&node).await;

@@ -109,13 +109,31 @@ impl Server {
         self.spawn();
     }
 
+    /// The current process's log, without terminal colour codes.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default())
     }
 
     fn all_logs(&self) -> String {
-        (1..=self.starts).map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default()).collect()
+        (1..=self.starts).map(|n| strip_ansi(&std::fs::read_to_string(self.log_path(n)).unwrap_or_default())).collect()
     }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Server {
@@ -208,6 +226,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var_os("DATOM_TEST_KEEP").is_some() {
+            let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+            eprintln!("kept server data and logs in {}", root.keep().display());
+        }
         if std::thread::panicking() {
             for s in &self.servers {
                 let logs = s.all_logs();
@@ -412,27 +434,32 @@ async fn t04_a_crash_between_journal_and_db_is_reconciled_on_restart() {
     let load = Load::start(&c, 4, "fp");
     let status = tokio::task::block_in_place(|| c.server("m1").wait_exit(LONG));
     assert!(!status.success(), "m1 must die at the failpoint: {status:?}");
-    assert!(c.server("m1").log().contains("failpoint crash-before-apply"), "{}", c.server("m1").log());
-    // On disk: the journal holds entries the db has not applied.
+    let log = c.server("m1").log();
+    let fired =
+        log.lines().find(|l| l.contains("failpoint crash-before-apply fired")).unwrap_or_else(|| panic!("{log}"));
+    // "failpoint crash-before-apply fired: db at T.I, entries ... journaled, not applied"
+    let db_at = fired.split("db at ").nth(1).and_then(|r| r.split(',').next()).unwrap().to_string();
+    // On disk: the db stops exactly where the crash hit; the journal holds the entries after it.
     let volume = c.volume.clone();
     let dir = c.server("m1").dir.join(&volume);
-    let db: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("db.json")).unwrap_or_else(|_| b"{\"applied\":{\"index\":0}}".to_vec()),
-    )
-    .unwrap();
-    let db_applied = db["applied"]["index"].as_u64().unwrap();
+    let db: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("db.json")).unwrap()).unwrap();
+    let db_applied = format!("{}.{}", db["applied"]["term"], db["applied"]["index"]);
+    assert_eq!(db_applied, db_at, "the db on disk is where the crash left it");
     let (journal, _) = datom_pb::journal::Journal::open(&dir.join("journal.log")).unwrap();
     let journal_last = journal.last().index;
     drop(journal);
-    assert!(journal_last > db_applied, "journal {journal_last} must be ahead of the db {db_applied}");
+    let db_index = db["applied"]["index"].as_u64().unwrap();
+    assert!(journal_last > db_index, "journal {journal_last} must be ahead of the db {db_index}");
     let before = load.acked();
     wait_for("writes continue without m1", LONG, || async { (load.acked() >= before + 100).then_some(()) }).await;
     // Restart without the failpoint: it detects the divergence and replays the journal.
     let m1 = c.server("m1");
     m1.env.clear();
     m1.restart();
+    let expect = format!("db={db_at}");
     wait_for("m1 reconciles its db with its journal", LONG, || async {
-        c.servers[0].log().contains("the db is behind the journal").then_some(())
+        let log = c.servers[0].log();
+        log.lines().any(|l| l.contains("the db is behind the journal") && l.contains(&expect)).then_some(())
     })
     .await;
     c.wait_group(2, "m1 rejoins").await;

@@ -40,14 +40,24 @@ impl Replica for VolumeReplica {
             if fp.name == "crash-before-apply" && entries.iter().any(|e| !e.data.is_empty()) {
                 let n = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == fp.nth {
+                    // Make the db durable exactly as it stands before this apply, so the crash
+                    // leaves the journal ahead of the db by precisely these entries.
+                    if let Err(e) = self.db.checkpoint() {
+                        tracing::error!(error = %e, "failpoint: checkpoint before the crash failed");
+                    }
+                    let first = entries.first().map(|e| e.id()).unwrap_or_default();
                     let last = entries.last().map(|e| e.id()).unwrap_or_default();
                     tracing::error!(
                         volume = self.volume,
-                        entries = entries.len(),
+                        db = %self.db.applied(),
+                        first = %first,
                         last = %last,
                         "failpoint crash-before-apply: aborting after the journal write, before the db apply"
                     );
-                    eprintln!("failpoint crash-before-apply fired at entry {last}");
+                    eprintln!(
+                        "failpoint crash-before-apply fired: db at {}, entries {first}..{last} journaled, not applied",
+                        self.db.applied()
+                    );
                     std::process::abort();
                 }
             }
