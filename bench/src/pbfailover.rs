@@ -50,6 +50,10 @@ pub struct Failover {
     pub raw_ephemeral_kill_p99_ms: f64,
     /// Trials of each kind.
     pub trials: usize,
+    /// Every graceful sample (ms), in order.
+    pub graceful_samples_ms: Vec<f64>,
+    /// Every SIGKILL sample (ms), in order.
+    pub kill_samples_ms: Vec<f64>,
     /// Goal: kill_p99_ms ≤ raw_ephemeral_kill_p99_ms + 100.
     pub goal_kill_met: bool,
     /// Goal: graceful_p99_ms ≤ 25.
@@ -148,6 +152,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         raw.push(raw_trial(&zk.connect, &watcher, args.session_timeout, i).await?);
     }
     let raw_p99 = percentile_ms(&mut raw, 99.0);
+    let ms = |v: &[Duration]| v.iter().map(|d| (d.as_secs_f64() * 1e4).round() / 10.0).collect::<Vec<f64>>();
+    let (graceful_samples_ms, kill_samples_ms) = (ms(&graceful), ms(&kill));
     let f = Failover {
         kill_p50_ms: percentile_ms(&mut kill, 50.0),
         kill_p99_ms: percentile_ms(&mut kill, 99.0),
@@ -157,6 +163,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         raw_ephemeral_kill_p50_ms: percentile_ms(&mut raw, 50.0),
         raw_ephemeral_kill_p99_ms: raw_p99,
         trials: args.trials,
+        graceful_samples_ms,
+        kill_samples_ms,
         goal_kill_met: percentile_ms(&mut kill, 99.0) <= raw_p99 + 100.0,
         goal_graceful_met: percentile_ms(&mut graceful, 99.0) <= 25.0,
     };

@@ -115,7 +115,7 @@ impl Group {
             .args(["--member", &p.member, "--volume", &self.volume, "--listen", &format!("127.0.0.1:{}", p.port)])
             .arg("--data-dir")
             .arg(dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("DATOM_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -216,6 +216,10 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
+        if std::env::var_os("DATOM_BENCH_KEEP").is_some() {
+            let root = std::mem::replace(&mut self.root, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept the servers' data and logs in {}", root.keep().display());
+        }
         for p in &mut self.procs {
             if let Some(mut c) = p.child.take() {
                 let _ = c.kill();

@@ -64,7 +64,7 @@ impl PeerClients for DialCache {
                     _ => return Err(format!("member {member} has no registered address")),
                 }
             };
-            let transport = datom_common::rpc::dial(&address, timeout)
+            let transport = crate::net::dial_nodelay(&address, timeout)
                 .await
                 .map_err(|e| format!("cannot reach member {member} at {address}: {e}"))?;
             let mut config = tarpc::client::Config::default();

@@ -373,12 +373,12 @@ impl<S: Replica> Core<S> {
                 return Ok(false);
             }
             g.promised = term;
-            if let Some(l) = &g.leading {
-                if l.term < term {
-                    let err = PbError::SteppedDown { term: l.term };
-                    fail_all(&mut g.waiters, &err);
-                    g.acking = false;
-                }
+            if let Some(l) = &g.leading
+                && l.term < term
+            {
+                let err = PbError::SteppedDown { term: l.term };
+                fail_all(&mut g.waiters, &err);
+                g.acking = false;
             }
         }
         let _serial = self.promise_lock.lock().await;
@@ -647,12 +647,11 @@ impl<S: Replica> Core<S> {
 
     fn peer_failed(&self, term: u64, peer: &str) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(l) = &mut g.leading {
-            if l.term == term {
-                if let Some(p) = l.progress.get_mut(peer) {
-                    p.functional = false;
-                }
-            }
+        if let Some(l) = &mut g.leading
+            && l.term == term
+            && let Some(p) = l.progress.get_mut(peer)
+        {
+            p.functional = false;
         }
         self.report_functional(&mut g);
     }
@@ -849,10 +848,10 @@ impl<S: Replica> Core<S> {
                 let Some(last) = entries.last().map(|e| e.index) else { break };
                 let db = self.service.applied().index;
                 let todo: Vec<Entry> = entries.into_iter().filter(|e| e.index > db).collect();
-                if !todo.is_empty() {
-                    if let Err(e) = self.service.apply(&todo) {
-                        fatal("the db refused a committed entry", e);
-                    }
+                if !todo.is_empty()
+                    && let Err(e) = self.service.apply(&todo)
+                {
+                    fatal("the db refused a committed entry", e);
                 }
                 applied = last;
                 self.applied_tx.send_replace(applied);
@@ -956,10 +955,10 @@ impl<S: Replica> Core<S> {
                     self.journal.truncate_from(from).await.map_err(io_err)?;
                 }
                 let new = &req.entries[skip..];
-                if !new.is_empty() {
-                    if let Err(e) = self.journal.append(new, req.commit).await {
-                        fatal("journal write failed", e);
-                    }
+                if !new.is_empty()
+                    && let Err(e) = self.journal.append(new, req.commit).await
+                {
+                    fatal("journal write failed", e);
                 }
                 let matched = req.prev.index + req.entries.len() as u64;
                 let state = {

@@ -14,6 +14,7 @@ pub mod core;
 pub mod driver;
 pub mod journal;
 pub mod log;
+pub mod net;
 pub mod rpc;
 pub mod state;
 pub mod types;

@@ -264,7 +264,7 @@ impl PeerRouter {
 
     /// Serves the replication RPC on `listener` until `shutdown` resolves.
     pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) {
-        datom_common::serve_tcp!(listener, self.server().serve(), shutdown);
+        crate::serve_tcp_nodelay!(listener, self.server().serve(), shutdown);
     }
 }
 

@@ -536,11 +536,11 @@ impl PBMember {
                 self.election_progress(acts);
             }
             MemberState::LeaderWaitingForQuorum | MemberState::LeaderFunctional => {
-                if let Some((rec, _)) = &self.view.term {
-                    if rec.term > self.term {
-                        let t = rec.term;
-                        self.on_higher_term(t, acts);
-                    }
+                if let Some((rec, _)) = &self.view.term
+                    && rec.term > self.term
+                {
+                    let t = rec.term;
+                    self.on_higher_term(t, acts);
                 }
             }
         }
@@ -610,10 +610,10 @@ impl PBMember {
             if let Some(v) = version {
                 self.view.term = Some((record.clone(), v));
             }
-        } else if let Some(cur) = current {
-            if self.view.term.as_ref().is_none_or(|(_, v)| cur.1 >= *v) {
-                self.view.term = Some(cur);
-            }
+        } else if let Some(cur) = current
+            && self.view.term.as_ref().is_none_or(|(_, v)| cur.1 >= *v)
+        {
+            self.view.term = Some(cur);
         }
         match pending {
             PendingWrite::Electing { term } => {

@@ -161,7 +161,7 @@ impl VolumeClient {
         if let Some(c) = self.conns.lock().unwrap().get(addr) {
             return Ok(c.clone());
         }
-        let t = datom_common::rpc::dial(addr, self.request_timeout)
+        let t = datom_pb::net::dial_nodelay(addr, self.request_timeout)
             .await
             .map_err(|e| ClientError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
         let mut config = tarpc::client::Config::default();

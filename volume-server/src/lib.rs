@@ -107,7 +107,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let server = VolumeServer::new(mgr.clone(), config.write_timeout, config.write_timeout);
     let api = tokio::spawn({
         let stopped = stopped();
-        async move { datom_common::serve_tcp!(listener, server.serve(), stopped) }
+        async move { datom_pb::serve_tcp_nodelay!(listener, server.serve(), stopped) }
     });
     tracing::info!(member = config.member, listen, peer, volumes = ?config.volumes, "volume server ready");
     println!(

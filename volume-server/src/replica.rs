@@ -36,30 +36,31 @@ impl Replica for VolumeReplica {
     }
 
     fn apply(&self, entries: &[Entry]) -> Result<(), String> {
-        if let Some(fp) = &self.failpoint {
-            if fp.name == "crash-before-apply" && entries.iter().any(|e| !e.data.is_empty()) {
-                let n = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == fp.nth {
-                    // Make the db durable exactly as it stands before this apply, so the crash
-                    // leaves the journal ahead of the db by precisely these entries.
-                    if let Err(e) = self.db.checkpoint() {
-                        tracing::error!(error = %e, "failpoint: checkpoint before the crash failed");
-                    }
-                    let first = entries.first().map(|e| e.id()).unwrap_or_default();
-                    let last = entries.last().map(|e| e.id()).unwrap_or_default();
-                    tracing::error!(
-                        volume = self.volume,
-                        db = %self.db.applied(),
-                        first = %first,
-                        last = %last,
-                        "failpoint crash-before-apply: aborting after the journal write, before the db apply"
-                    );
-                    eprintln!(
-                        "failpoint crash-before-apply fired: db at {}, entries {first}..{last} journaled, not applied",
-                        self.db.applied()
-                    );
-                    std::process::abort();
+        if let Some(fp) = &self.failpoint
+            && fp.name == "crash-before-apply"
+            && entries.iter().any(|e| !e.data.is_empty())
+        {
+            let n = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == fp.nth {
+                // Make the db durable exactly as it stands before this apply, so the crash
+                // leaves the journal ahead of the db by precisely these entries.
+                if let Err(e) = self.db.checkpoint() {
+                    tracing::error!(error = %e, "failpoint: checkpoint before the crash failed");
                 }
+                let first = entries.first().map(|e| e.id()).unwrap_or_default();
+                let last = entries.last().map(|e| e.id()).unwrap_or_default();
+                tracing::error!(
+                    volume = self.volume,
+                    db = %self.db.applied(),
+                    first = %first,
+                    last = %last,
+                    "failpoint crash-before-apply: aborting after the journal write, before the db apply"
+                );
+                eprintln!(
+                    "failpoint crash-before-apply fired: db at {}, entries {first}..{last} journaled, not applied",
+                    self.db.applied()
+                );
+                std::process::abort();
             }
         }
         self.db.apply(entries)

@@ -75,10 +75,10 @@ pub fn validate(key: &str, value: Option<&str>) -> Result<(), VolumeError> {
     if key.len() > MAX_KEY {
         return Err(VolumeError::Invalid(format!("the key is {} bytes; the limit is {MAX_KEY}", key.len())));
     }
-    if let Some(v) = value {
-        if v.len() > MAX_VALUE {
-            return Err(VolumeError::Invalid(format!("the value is {} bytes; the limit is {MAX_VALUE}", v.len())));
-        }
+    if let Some(v) = value
+        && v.len() > MAX_VALUE
+    {
+        return Err(VolumeError::Invalid(format!("the value is {} bytes; the limit is {MAX_VALUE}", v.len())));
     }
     Ok(())
 }

@@ -82,12 +82,10 @@ pub async fn run(zk: &ZkArgs, args: VolumeArgs) -> anyhow::Result<ExitCode> {
         | VolumeCmd::Status { name, .. } => name.clone(),
     };
     validate(NameKind::Volume, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let VolumeCmd::Create { replicas, .. } = &args.cmd {
-        if *replicas == 0 || *replicas > 9 {
-            anyhow::bail!(
-                "--replicas must be between 1 and 9 (odd numbers tolerate the most failures), not {replicas}"
-            );
-        }
+    if let VolumeCmd::Create { replicas, .. } = &args.cmd
+        && (*replicas == 0 || *replicas > 9)
+    {
+        anyhow::bail!("--replicas must be between 1 and 9 (odd numbers tolerate the most failures), not {replicas}");
     }
     let coord = zk.connect().await?;
     let res = run_with(&coord, &name, args).await;
