@@ -494,9 +494,12 @@ impl<S: Replica> Driver<S> {
             }
             Action::StartLeading { term } => {
                 if let Err(e) = self.core.start_leading(term) {
+                    // Only possible when a newer election has reached us meanwhile: step down.
                     tracing::warn!(group = self.cfg.group, error = %e, "cannot start leading");
                     let promised = self.core.promised();
-                    let _ = self.ev_tx.send(Event::HigherTerm { term: promised.max(term + 1) });
+                    if promised > term {
+                        let _ = self.ev_tx.send(Event::HigherTerm { term: promised });
+                    }
                 }
             }
             Action::StopLeading { term } => self.core.stop_leading(term),
