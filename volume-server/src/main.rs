@@ -43,8 +43,9 @@ struct Cli {
     /// Leader heartbeat interval, in ms.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     heartbeat_ms: u64,
-    /// Db checkpoint interval, in ms.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    /// Db checkpoint interval, in ms. A checkpoint is a full snapshot; between checkpoints the
+    /// journal alone holds the newer entries, replayed on restart.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
     checkpoint_ms: u64,
 }
 
