@@ -91,7 +91,13 @@ pub async fn hold(args: HolderArgs) -> anyhow::Result<serde_json::Value> {
     }
 }
 
-async fn raw_trial(connect: &str, watcher: &zk::Client, session_ms: u64, i: usize) -> anyhow::Result<Duration> {
+async fn raw_trial(
+    connect: &str,
+    watcher: &zk::Client,
+    session_ms: u64,
+    i: usize,
+    delay: Duration,
+) -> anyhow::Result<Duration> {
     let path = format!("/raw-ephemeral-{i}");
     let mut child = Command::new(std::env::current_exe()?)
         .args(["zk-ephemeral-holder", "--zk", connect, "--path", &path, "--session-timeout", &session_ms.to_string()])
@@ -108,6 +114,7 @@ async fn raw_trial(connect: &str, watcher: &zk::Client, session_ms: u64, i: usiz
     .await??;
     anyhow::ensure!(line.trim() == "ready", "the ephemeral holder failed to start");
     let (_, w) = watcher.check_and_watch_stat(&path).await?;
+    tokio::time::sleep(delay).await;
     let t = Instant::now();
     child.kill()?;
     let ev = tokio::time::timeout(Duration::from_secs(30), w.changed()).await.context("ephemeral never vanished")?;
@@ -123,34 +130,35 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let zk = resolve_zk(&args.zk, args.local, "bench-pb-failover").await?;
     let mut group = Group::start(&zk.connect, 3, args.session_timeout).await?;
     let long = Duration::from_secs(60);
-    let mut kill = Vec::new();
-    let mut graceful = Vec::new();
-    for graceful_round in [false, true] {
-        for _ in 0..args.trials {
-            let (leader, term) = group.wait_functional(0, 2, long).await?;
-            let t = Instant::now();
-            if graceful_round {
-                group.signal_stop(&leader);
-            } else {
-                group.kill(&leader);
-            }
-            group.wait_functional(term, 0, long).await?;
-            let took = t.elapsed();
-            if graceful_round {
-                graceful.push(took)
-            } else {
-                kill.push(took)
-            }
-            group.restart(&leader)?;
-        }
-    }
     let session_timeout_ms = group.coord.negotiated_timeout().as_millis() as u64;
-    drop(group);
     let watcher = zk::Client::connector().with_fail_eagerly().connect(&zk.connect).await?;
+    // ZooKeeper expires a session at its last activity + timeout, rounded up to a tick: where
+    // the kill falls relative to the victim's last ping moves the result by up to a tick. So
+    // SIGKILL trials and raw trials alternate, and each waits the same spread of delays first
+    // (0..timeout/3, the ping interval), giving both the same distribution of phases.
+    let phase = |i: usize| Duration::from_millis((i as u64 * 61) % (session_timeout_ms / 3).max(1));
+    let mut kill = Vec::new();
     let mut raw = Vec::new();
     for i in 0..args.trials {
-        raw.push(raw_trial(&zk.connect, &watcher, args.session_timeout, i).await?);
+        let (leader, term) = group.wait_functional(0, 2, long).await?;
+        tokio::time::sleep(phase(i)).await;
+        let t = Instant::now();
+        group.kill(&leader);
+        group.wait_functional(term, 0, long).await?;
+        kill.push(t.elapsed());
+        group.restart(&leader)?;
+        raw.push(raw_trial(&zk.connect, &watcher, args.session_timeout, i, phase(i)).await?);
     }
+    let mut graceful = Vec::new();
+    for _ in 0..args.trials {
+        let (leader, term) = group.wait_functional(0, 2, long).await?;
+        let t = Instant::now();
+        group.signal_stop(&leader);
+        group.wait_functional(term, 0, long).await?;
+        graceful.push(t.elapsed());
+        group.restart(&leader)?;
+    }
+    drop(group);
     let raw_p99 = percentile_ms(&mut raw, 99.0);
     let ms = |v: &[Duration]| v.iter().map(|d| (d.as_secs_f64() * 1e4).round() / 10.0).collect::<Vec<f64>>();
     let (graceful_samples_ms, kill_samples_ms) = (ms(&graceful), ms(&kill));
