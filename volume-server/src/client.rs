@@ -56,6 +56,7 @@ impl ClientError {
                 e,
                 PbError::NotLeader { .. }
                     | PbError::SteppedDown { .. }
+                    | PbError::QuorumLost
                     | PbError::Suspended
                     | PbError::Unconfirmed
                     | PbError::UnknownGroup(_)
