@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use datom_common::records::{HardwareReport, InstanceRecord, LiveRecord, NodeRecord, SCHEMA, ServiceState};
+use datom_common::records::{HardwareReport, InstanceRecord, NodeRecord, SCHEMA, ServiceState};
 use datom_common::spec::ServiceSpec;
 use datom_common::{Coord, CoordConfig, paths, services};
 
@@ -36,12 +36,17 @@ pub struct Args {
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let p = exe.parent().map(|d| d.join(name)).ok_or_else(|| anyhow::anyhow!("no exe dir"))?;
-    anyhow::ensure!(p.exists(), "{} not found next to datom-bench; build with `cargo build --release --workspace --bins`", p.display());
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found next to datom-bench; build with `cargo build --release --workspace --bins`",
+        p.display()
+    );
     Ok(p)
 }
 
 fn spawn(program: &PathBuf, args: &[String]) -> anyhow::Result<Proc> {
-    let child = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let child =
+        Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     Ok(Proc(child))
 }
 
@@ -87,9 +92,20 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let nodes = ["n1", "n2", "n3"];
     let mut agents = std::collections::BTreeMap::new();
     let agent_args = |root: &std::path::Path| -> Vec<String> {
-        ["--zk", &zk, "--session-timeout", &session, "--root", root.to_str().unwrap(), "--port", "0", "--report-load", "false"]
-            .map(String::from)
-            .to_vec()
+        [
+            "--zk",
+            &zk,
+            "--session-timeout",
+            &session,
+            "--root",
+            root.to_str().unwrap(),
+            "--port",
+            "0",
+            "--report-load",
+            "false",
+        ]
+        .map(String::from)
+        .to_vec()
     };
     for n in nodes {
         let root = dir.path().join(n);
@@ -121,7 +137,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         agents.insert(n.to_string(), (spawn(&agent_bin, &agent_args(&root))?, root));
     }
     for n in nodes {
-        wait("agents live", Duration::from_secs(30), async || coord.exists(&paths::node_live(n)).await.ok().flatten()).await?;
+        wait("agents live", Duration::from_secs(30), async || coord.exists(&paths::node_live(n)).await.ok().flatten())
+            .await?;
     }
     let spec = ServiceSpec::from_toml(
         "name = \"bench-svc\"\ntype = \"process\"\ncommand = \"sleep\"\nargs = [\"86400\"]\nfailover = true\nstop_timeout_ms = 500\n",
@@ -138,10 +155,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let mut negotiated = 0u64;
     let mut current = "n1".to_string();
     for _ in 0..args.trials {
-        let inst = wait("instance in service", Duration::from_secs(60), async || in_service(&coord, &current).await).await?;
-        if let Some(l) = coord.get::<LiveRecord>(&paths::node_live(&current)).await?.map(|v| v.value) {
-            negotiated = negotiated.max(l.pid as u64 * 0); // keep the type; the figure comes from the raw client
-        }
+        let inst =
+            wait("instance in service", Duration::from_secs(60), async || in_service(&coord, &current).await).await?;
         // The node dies: agent and service.
         let (mut agent, root) = agents.remove(&current).expect("agent");
         agent.sigkill();
@@ -160,7 +175,10 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         lat.push(t.elapsed());
         // Bring the dead node back for the next trial.
         agents.insert(from.clone(), (spawn(&agent_bin, &agent_args(&root))?, root));
-        wait("agent back", Duration::from_secs(60), async || coord.exists(&paths::node_live(&from)).await.ok().flatten()).await?;
+        wait("agent back", Duration::from_secs(60), async || {
+            coord.exists(&paths::node_live(&from)).await.ok().flatten()
+        })
+        .await?;
         current = node;
     }
     let mut raw = Vec::new();

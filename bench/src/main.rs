@@ -4,11 +4,14 @@
 use clap::{Parser, Subcommand};
 
 mod addnode;
-mod failover;
 mod cache;
+mod failover;
+mod pbfailover;
+mod pbgroup;
 mod routefailover;
 mod startservice;
 mod stats;
+mod volume;
 mod zkraw;
 
 /// Benchmarks datom against real ZooKeeper.
@@ -37,6 +40,13 @@ enum Scenario {
     /// Helper for route-failover: a plain ZooKeeper client holding an ephemeral until killed.
     #[command(hide = true)]
     HoldEphemeral(routefailover::HoldArgs),
+    /// Replicated volume: write throughput/latency, leader kills, acknowledged writes read back.
+    Volume(volume::Args),
+    /// Primary-backup failover time after SIGKILL and graceful stop, beside raw ephemeral expiry.
+    PbFailover(pbfailover::Args),
+    /// (internal) A plain ZooKeeper client holding an ephemeral znode until killed.
+    #[command(hide = true)]
+    ZkEphemeralHolder(pbfailover::HolderArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +64,9 @@ fn main() -> std::process::ExitCode {
             Scenario::Cache(a) => cache::run(a).await,
             Scenario::RouteFailover(a) => routefailover::run(a).await,
             Scenario::HoldEphemeral(a) => routefailover::hold(a).await,
+            Scenario::Volume(a) => volume::run(a).await,
+            Scenario::PbFailover(a) => pbfailover::run(a).await,
+            Scenario::ZkEphemeralHolder(a) => pbfailover::hold(a).await,
         }
     });
     match res {

@@ -76,20 +76,39 @@ pub fn group(group: &str) -> String {
     format!("{GROUPS}/{group}")
 }
 
-/// `/datom/redundancy/<index>`: an HA routing redundancy node.
-pub fn redundancy(index: u16) -> String {
-    format!("{REDUNDANCY}/{index}")
-}
-
-/// `/datom/groups/<group>/members`: container of a group's live members.
+/// `/datom/groups/<group>/members`: container of the group's member registrations.
 pub fn group_members(group: &str) -> String {
     format!("{GROUPS}/{group}/members")
 }
 
-/// `/datom/groups/<group>/members/<member>`: ephemeral published by a live group member
-/// (its replication address, ...).
+/// `/datom/groups/<group>/members/<member>`: ephemeral; a running member and its RPC address.
 pub fn group_member(group: &str, member: &str) -> String {
     format!("{GROUPS}/{group}/members/{member}")
+}
+
+/// `/datom/groups/<group>/lock`: the group coordination lock (ephemeral sequential contenders).
+pub fn group_lock(group: &str) -> String {
+    format!("{GROUPS}/{group}/lock")
+}
+
+/// `/datom/groups/<group>/term`: the group's term record (term, status, elector, leader).
+pub fn group_term(group: &str) -> String {
+    format!("{GROUPS}/{group}/term")
+}
+
+/// `/datom/groups/<group>/states`: container of the members' published states.
+pub fn group_states(group: &str) -> String {
+    format!("{GROUPS}/{group}/states")
+}
+
+/// `/datom/groups/<group>/states/<member>`: ephemeral; a member's state, term and lag.
+pub fn group_state(group: &str, member: &str) -> String {
+    format!("{GROUPS}/{group}/states/{member}")
+}
+
+/// `/datom/redundancy/<index>`: an HA routing redundancy node.
+pub fn redundancy(index: u16) -> String {
+    format!("{REDUNDANCY}/{index}")
 }
 
 /// A peer registration znode, as recognised by [`parse_registry_path`]: the inverse of

@@ -79,6 +79,8 @@ pub enum Command {
     Completions(cmd::docs::CompletionsArgs),
     /// Print the man page, or write every man page into a directory.
     Man(cmd::docs::ManArgs),
+    /// Replicated key/value volumes: create, put, get, delete, status.
+    Volume(cmd::volume::VolumeArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -121,6 +123,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Status(args) => cmd::status::run(&cli.zk, args).await,
             Command::Completions(args) => cmd::docs::completions(args),
             Command::Man(args) => cmd::docs::man(args),
+            Command::Volume(args) => cmd::volume::run(&cli.zk, args).await,
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

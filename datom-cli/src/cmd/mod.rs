@@ -10,4 +10,5 @@ pub mod nodes;
 pub mod service;
 pub mod status;
 pub mod up;
+pub mod volume;
 pub mod watch;
