@@ -139,15 +139,7 @@ fn config(connect: &str) -> CoordConfig {
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.peers >= 1 && args.caches >= 1, "--peers and --caches must be at least 1");
     anyhow::ensure!(args.updates >= 1 && args.hits >= 1, "--updates and --hits must be at least 1");
-    let (addr, _server) = match (&args.zk, args.local) {
-        (_, true) => {
-            let opts = datom_zk_harness::ServerOptions { tick_ms: 2000, ..Default::default() };
-            let s = tokio::task::spawn_blocking(move || datom_zk_harness::ZkServer::start(opts)).await??;
-            (s.connect_string(), Some(s))
-        }
-        (Some(z), false) => (z.clone(), None),
-        (None, false) => anyhow::bail!("give the ZooKeeper to measure with --zk ADDR, or --local to start one"),
-    };
+    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
 
     // Raw figures first (their own setup warms the server up too).
     let raw_args = crate::zkraw::Args {

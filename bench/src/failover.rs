@@ -33,17 +33,6 @@ pub struct Args {
     pub session_timeout: u64,
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe.parent().map(|d| d.join(name)).ok_or_else(|| anyhow::anyhow!("no exe dir"))?;
-    anyhow::ensure!(
-        p.exists(),
-        "{} not found next to datom-bench; build with `cargo build --release --workspace --bins`",
-        p.display()
-    );
-    Ok(p)
-}
-
 fn spawn(program: &PathBuf, args: &[String]) -> anyhow::Result<Proc> {
     let child =
         Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
@@ -63,17 +52,9 @@ async fn wait<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
 
 /// Runs the scenario in a fresh chroot.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = match (&args.zk, args.local) {
-        (_, true) => {
-            let opts = datom_zk_harness::ServerOptions { tick_ms: 200, ..Default::default() };
-            let s = tokio::task::spawn_blocking(move || datom_zk_harness::ZkServer::start(opts)).await??;
-            (s.connect_string(), Some(s))
-        }
-        (Some(z), false) => (z.clone(), None),
-        (None, false) => anyhow::bail!("give the ZooKeeper to use with --zk ADDR, or --local to start one"),
-    };
-    let cs_bin = sibling("datom-config-service")?;
-    let agent_bin = sibling("datom-node-agent")?;
+    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 200).await?;
+    let cs_bin = crate::pbgroup::sibling("datom-config-service")?;
+    let agent_bin = crate::pbgroup::sibling("datom-node-agent")?;
     let zk = datom_zk_harness::unique_chroot(&addr, "datom-bench-failover").await;
     let coord = Coord::connect(CoordConfig::new(zk.clone())).await?;
     datom_common::init::init_tree(&coord, "bench").await?;

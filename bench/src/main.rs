@@ -11,6 +11,7 @@ mod pbgroup;
 mod routefailover;
 mod startservice;
 mod stats;
+mod target;
 mod volume;
 mod zkraw;
 

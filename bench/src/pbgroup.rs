@@ -25,15 +25,7 @@ pub struct Zk {
 /// Resolves `--zk` / `--local` to a fresh chroot. `--local` starts a private standalone server
 /// (fsync on, tickTime 200 ms so session timeouts can be short).
 pub async fn zk(addr: &Option<String>, local: bool, prefix: &str) -> anyhow::Result<Zk> {
-    let (base, server) = match (addr, local) {
-        (_, true) => {
-            let opts = datom_zk_harness::ServerOptions { tick_ms: 200, ..Default::default() };
-            let s = tokio::task::spawn_blocking(move || datom_zk_harness::ZkServer::start(opts)).await??;
-            (s.connect_string(), Some(s))
-        }
-        (Some(z), false) => (z.clone(), None),
-        (None, false) => anyhow::bail!("give the ZooKeeper to use with --zk ADDR, or --local to start one"),
-    };
+    let (base, server) = crate::target::resolve(addr, local, 200).await?;
     let connect = datom_zk_harness::unique_chroot(&base, prefix).await;
     Ok(Zk { connect, _server: server })
 }

@@ -138,15 +138,7 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> b
 
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = match (&args.zk, args.local) {
-        (_, true) => {
-            let opts = datom_zk_harness::ServerOptions { tick_ms: args.tick_ms, ..Default::default() };
-            let s = tokio::task::spawn_blocking(move || datom_zk_harness::ZkServer::start(opts)).await??;
-            (s.connect_string(), Some(s))
-        }
-        (Some(z), false) => (z.clone(), None),
-        (None, false) => anyhow::bail!("give the ZooKeeper to measure with --zk ADDR, or --local to start one"),
-    };
+    let (addr, _server) = crate::target::resolve(&args.zk, args.local, args.tick_ms).await?;
     anyhow::ensure!(args.trials > 0, "--trials must be at least 1");
     let conn = datom_zk_harness::unique_chroot(&addr, "datom-bench-route-failover").await;
     let coord = Coord::connect(CoordConfig::new(conn.clone())).await?;

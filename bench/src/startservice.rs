@@ -43,15 +43,7 @@ async fn wait_state(coord: &Coord, path: &str, want: Option<ServiceState>) -> an
 
 /// Runs the scenario in a fresh chroot.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = match (&args.zk, args.local) {
-        (_, true) => {
-            let opts = datom_zk_harness::ServerOptions { tick_ms: 2000, ..Default::default() };
-            let s = tokio::task::spawn_blocking(move || datom_zk_harness::ZkServer::start(opts)).await??;
-            (s.connect_string(), Some(s))
-        }
-        (Some(z), false) => (z.clone(), None),
-        (None, false) => anyhow::bail!("give the ZooKeeper to use with --zk ADDR, or --local to start one"),
-    };
+    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
     let zk = datom_zk_harness::unique_chroot(&addr, "datom-bench-startservice").await;
     let coord = Coord::connect(CoordConfig::new(zk.clone())).await?;
     datom_common::init::init_tree(&coord, "bench").await?;

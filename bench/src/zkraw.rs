@@ -53,15 +53,7 @@ pub struct ZkRaw {
 
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = match (&args.zk, args.local) {
-        (_, true) => {
-            let opts = datom_zk_harness::ServerOptions { tick_ms: 2000, ..Default::default() };
-            let s = tokio::task::spawn_blocking(move || datom_zk_harness::ZkServer::start(opts)).await??;
-            (s.connect_string(), Some(s))
-        }
-        (Some(z), false) => (z.clone(), None),
-        (None, false) => anyhow::bail!("give the ZooKeeper to measure with --zk ADDR, or --local to start one"),
-    };
+    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
     let r = measure(&addr, &args).await?;
     Ok(serde_json::json!({ "scenario": "zk-raw", "zk": addr, "raw": r }))
 }

@@ -69,3 +69,13 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: how every datom daemon is asked to stop.
+pub async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

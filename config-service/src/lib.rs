@@ -99,12 +99,7 @@ pub struct Config {
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    datom_common::flags::shutdown_signal().await
 }
 
 /// Runs one config service instance until `shutdown` resolves: serves RPC at once (as a

@@ -513,10 +513,5 @@ async fn show_status(zk: &str, color: ColorChoice) -> anyhow::Result<()> {
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM.
 pub async fn wait_for_shutdown() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    datom_common::flags::shutdown_signal().await
 }
