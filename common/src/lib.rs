@@ -23,4 +23,6 @@ pub mod spec;
 pub mod cache;
 pub mod status;
 
+pub mod auth;
+
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -66,18 +66,28 @@ pub struct AddNodeRequest {
 }
 
 /// The config service: registers nodes and answers for their records.
+///
+/// Authentication pattern: every joining or mutating method takes a last parameter
+/// `token: Option<String>`, the cluster token ([`crate::auth`]); the server checks it first
+/// (`ConfigServer::authorize`) and answers [`ConfigError::PermissionDenied`] before reading or
+/// writing anything. A service started without `--auth-file` accepts any token (open cluster).
+/// Read-only methods take no token. New mutating methods must follow the same pattern.
 #[tarpc::service]
 pub trait ConfigService {
-    /// Registers a node; idempotent for the same machine id.
-    async fn add_node(req: AddNodeRequest) -> Result<NodeRecord, ConfigError>;
+    /// Registers a node; idempotent for the same machine id. Needs the cluster token.
+    async fn add_node(req: AddNodeRequest, token: Option<String>) -> Result<NodeRecord, ConfigError>;
     /// One node's record.
     async fn get_node(name: String) -> Result<NodeRecord, ConfigError>;
     /// Every node's record, sorted by name.
     async fn list_nodes() -> Result<Vec<NodeRecord>, ConfigError>;
-    /// Removes a node's record.
-    async fn remove_node(name: String) -> Result<(), ConfigError>;
-    /// Replaces the services a node should run.
-    async fn set_node_services(name: String, services: Vec<String>) -> Result<NodeRecord, ConfigError>;
+    /// Removes a node's record. Needs the cluster token.
+    async fn remove_node(name: String, token: Option<String>) -> Result<(), ConfigError>;
+    /// Replaces the services a node should run. Needs the cluster token.
+    async fn set_node_services(
+        name: String,
+        services: Vec<String>,
+        token: Option<String>,
+    ) -> Result<NodeRecord, ConfigError>;
 }
 
 /// Health of a node agent.

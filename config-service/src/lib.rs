@@ -61,8 +61,10 @@ impl Args {
             let host = sysinfo_hostname();
             format!("cs-{host}-{}", std::process::id())
         });
+        let token = self.zk.auth()?.map(|a| datom_common::auth::TokenVerifier::new(&a));
         Ok(Config {
-            coord: self.zk.config(),
+            coord: self.zk.config()?,
+            token,
             listen: self.listen,
             advertise: self.advertise,
             init: self.init,
@@ -94,6 +96,9 @@ pub struct Config {
     pub id: String,
     /// Dashboard and metrics address, if served.
     pub http: Option<SocketAddr>,
+    /// When set (the service was given `--auth-file`), mutating calls must carry the cluster
+    /// token derived from the same secret.
+    pub token: Option<datom_common::auth::TokenVerifier>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -154,7 +159,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         leadership = leadership.with_http(Some(bound.to_string()));
         dashboard = Some(task);
     }
-    let server = server::ConfigServer { coord: coord.clone(), leadership: leadership.clone() };
+    let server =
+        server::ConfigServer { coord: coord.clone(), leadership: leadership.clone(), token: config.token.clone() };
     let mut rpc_stop = stop_rx.clone();
     let rpc = tokio::spawn(async move {
         use datom_common::rpc::ConfigService as _;

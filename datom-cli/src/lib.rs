@@ -72,6 +72,8 @@ pub enum Command {
     Completions(cmd::docs::CompletionsArgs),
     /// Print the man page, or write every man page into a directory.
     Man(cmd::docs::ManArgs),
+    /// Print (or write with --out) the cluster token derived from --auth-file.
+    Token(cmd::init::TokenArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -111,6 +113,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Status(args) => cmd::status::run(&cli.zk, args).await,
             Command::Completions(args) => cmd::docs::completions(args),
             Command::Man(args) => cmd::docs::man(args),
+            Command::Token(args) => cmd::init::token(&cli.zk, args),
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

@@ -69,10 +69,10 @@ pub struct Args {
 }
 
 impl Args {
-    /// Builds the agent config from flags.
-    pub fn into_config(self) -> Config {
-        Config {
-            coord: self.zk.config(),
+    /// Builds the agent config from flags; fails when `--auth-file` cannot be used.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        Ok(Config {
+            coord: self.zk.config()?,
             root: self.root,
             port: self.port,
             nic_if: self.nic_if,
@@ -80,7 +80,7 @@ impl Args {
             service_name: self.service_name,
             stop_services_on_exit: self.stop_services_on_exit,
             http: self.http,
-        }
+        })
     }
 }
 

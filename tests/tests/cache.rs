@@ -88,7 +88,7 @@ impl NodeAgent for StubNodeAgent {
 struct StubConfigService;
 
 impl ConfigService for StubConfigService {
-    async fn add_node(self, _: Context, _: AddNodeRequest) -> Result<NodeRecord, ConfigError> {
+    async fn add_node(self, _: Context, _: AddNodeRequest, _: Option<String>) -> Result<NodeRecord, ConfigError> {
         Err(ConfigError::InvalidArgument("stub".into()))
     }
     async fn get_node(self, _: Context, name: String) -> Result<NodeRecord, ConfigError> {
@@ -97,10 +97,16 @@ impl ConfigService for StubConfigService {
     async fn list_nodes(self, _: Context) -> Result<Vec<NodeRecord>, ConfigError> {
         Ok(vec![])
     }
-    async fn remove_node(self, _: Context, name: String) -> Result<(), ConfigError> {
+    async fn remove_node(self, _: Context, name: String, _: Option<String>) -> Result<(), ConfigError> {
         Err(ConfigError::NoSuchNode(name))
     }
-    async fn set_node_services(self, _: Context, name: String, _: Vec<String>) -> Result<NodeRecord, ConfigError> {
+    async fn set_node_services(
+        self,
+        _: Context,
+        name: String,
+        _: Vec<String>,
+        _: Option<String>,
+    ) -> Result<NodeRecord, ConfigError> {
         Err(ConfigError::NoSuchNode(name))
     }
 }

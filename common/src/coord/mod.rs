@@ -70,6 +70,14 @@ impl CoordConfig {
         self.connect_timeout = t;
         self
     }
+
+    /// Authenticates every session as `auth`'s identity and gives every znode datom creates
+    /// `auth`'s ACL (all rights for the identity, read for anyone).
+    pub fn with_credentials(mut self, auth: &crate::auth::AuthFile) -> Self {
+        self.auth = vec![auth.zk_auth()];
+        self.acl = auth.acl();
+        self
+    }
 }
 
 /// Where the session stands, as seen by datom.
@@ -526,6 +534,16 @@ impl Coord {
         }
         let opts = zk::CreateMode::Persistent.with_acls(self.acls());
         self.call("mkdir", path, None, |c| async move { c.mkdir(path, &opts).await }).await
+    }
+
+    /// The ACL of `path` (to check that a secure tree is locked down).
+    pub async fn get_acl(&self, path: &str) -> CoordResult<Vec<zk::Acl>> {
+        self.call("get_acl", path, None, |c| async move { c.get_acl(path).await.map(|(acl, _)| acl) }).await
+    }
+
+    /// Whether the ACL `acl` lets anyone without credentials change the znode.
+    pub fn acl_is_open(acl: &[zk::Acl]) -> bool {
+        acl.iter().any(|a| a.scheme() == "world" && a.permission() != zk::Permission::READ)
     }
 
     /// Lists the children of `path`, sorted.
