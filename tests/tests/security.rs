@@ -254,6 +254,9 @@ async fn t04_bad_input_is_refused_before_any_write() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("../evil"), "{}", stderr(&out));
     assert!(!root.path().join("node.json").exists());
+    let out = datom(&zk, &["--auth-file", s(&auth_path), "startservice", "../evil", "--node", "n1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("../evil"), "{}", stderr(&out));
 
     // An oversized spec is refused before it is read or written.
     let big = dir.path().join("big.toml");
@@ -270,4 +273,7 @@ async fn t04_bad_input_is_refused_before_any_write() {
     let err = c.set(paths::ROOT, &huge, None).await.unwrap_err();
     assert!(err.to_string().contains("limit") || err.to_string().contains("bytes"), "{err}");
     assert!(c.get::<serde_json::Value>(paths::ROOT).await.unwrap().unwrap().value.get("blob").is_none());
+    let raw = vec![b' '; datom_common::coord::MAX_RECORD_BYTES + 1];
+    let err = c.set_raw(paths::ROOT, &raw, None).await.unwrap_err();
+    assert!(matches!(err, datom_common::CoordError::TooLarge { .. }), "raw writes are bounded too: {err}");
 }

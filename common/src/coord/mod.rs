@@ -207,6 +207,14 @@ pub fn encode<T: Serialize>(path: &str, value: &T) -> CoordResult<Vec<u8>> {
     Ok(data)
 }
 
+/// Refuses raw data over [`MAX_RECORD_BYTES`] before it is sent.
+fn check_size(path: &str, data: &[u8]) -> CoordResult<()> {
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(CoordError::TooLarge { path: path.to_string(), size: data.len(), limit: MAX_RECORD_BYTES });
+    }
+    Ok(())
+}
+
 /// Decodes a record read from `path`.
 pub fn decode<T: DeserializeOwned>(path: &str, data: &[u8]) -> CoordResult<T> {
     serde_json::from_slice(data).map_err(|source| CoordError::Decode {
@@ -415,6 +423,7 @@ impl Coord {
 
     /// Creates `path` with raw `data`; returns the created path (differs for sequential modes).
     pub async fn create_raw(&self, path: &str, data: &[u8], mode: Mode) -> CoordResult<String> {
+        check_size(path, data)?;
         let opts = mode.zk().with_acls(self.acls());
         self.call("create", path, None, |c| async move {
             let (_stat, seq) = c.create(path, data, &opts).await?;
@@ -467,6 +476,7 @@ impl Coord {
 
     /// Raw form of [`Coord::set`].
     pub async fn set_raw(&self, path: &str, data: &[u8], version: Option<i32>) -> CoordResult<i32> {
+        check_size(path, data)?;
         self.call("set", path, version, |c| async move { c.set_data(path, data, version).await.map(|s| s.version) })
             .await
     }
