@@ -67,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         id: "cs-bench".into(),
         http: None,
         token: None,
+        tls: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(datom_config_service::run(config, async move {

@@ -24,5 +24,6 @@ pub mod cache;
 pub mod status;
 
 pub mod auth;
+pub mod tls;
 
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -118,11 +118,11 @@ proptest! {
     #[test]
     fn secret_file_parsing_never_panics(identity in "\\PC{0,40}", secret in "\\PC{0,80}", schema in 0u32..3) {
         let text = format!("schema = {schema}\nidentity = {identity:?}\ncluster_secret = {secret:?}\n");
-        if let Ok(f) = toml::from_str::<AuthFile>(&text) {
-            if f.validate().is_ok() {
-                prop_assert!(f.identity.contains(':'));
-                prop_assert_eq!(f.token().len(), 64);
-            }
+        if let Ok(f) = toml::from_str::<AuthFile>(&text)
+            && f.validate().is_ok()
+        {
+            prop_assert!(f.identity.contains(':'));
+            prop_assert_eq!(f.token().len(), 64);
         }
     }
 }

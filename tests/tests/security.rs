@@ -1,6 +1,8 @@
 //! Security (issue 11): a secure cluster's znodes carry digest ACLs (world reads, only the
 //! datom identity writes), ephemerals keep them after session expiry, mutating RPC calls need
 //! the cluster token, and bad input is refused before any write. Real ZooKeeper, real binaries.
+//! Multi-threaded runtimes: the tests run CLI commands synchronously, and the test's own
+//! session must keep its heartbeats going meanwhile.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -80,7 +82,7 @@ async fn walk(c: &Coord, root: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t01_secure_cluster_world_reads_and_cannot_write_and_ephemerals_keep_the_acl() {
     let (zk, dir) = secure_init("sec-acl").await;
     let auth_path = dir.path().join("auth.toml");
@@ -144,6 +146,24 @@ async fn t01_secure_cluster_world_reads_and_cannot_write_and_ephemerals_keep_the
     assert!(stderr(&out).contains("--auth-file"), "{}", stderr(&out));
     assert_eq!(c.get::<InstanceRecord>(&inst).await.unwrap().unwrap().value.state, ServiceState::InService);
 
+    // Redundancy commands write ZooKeeper directly: the ACL is their authentication.
+    let route_file = spec_dir.path().join("routes.json");
+    let create = |auth: Option<&Path>| {
+        let mut args = vec![];
+        if let Some(a) = auth {
+            args.extend(["--auth-file", s(a)]);
+        }
+        args.extend(["create_node", "-i", "1", "--node", "n1", "--peer", "n2", "-m", "primary", "-n", "10.0.0.1"]);
+        args.extend(["-t", "rt-demo", "-r", "10.50.0.0/16", "-d", "file", "--path", s(&route_file)]);
+        datom(&zk, &args)
+    };
+    let out = create(None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--auth-file"), "{}", stderr(&out));
+    assert!(c.exists(&paths::redundancy(1)).await.unwrap().is_none(), "nothing written");
+    let out = create(Some(&auth_path));
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // Every znode datom created (init, config service, addnode, agent, CLI) carries the ACL.
     for path in walk(&c, paths::ROOT).await {
         let acl = c.get_acl(&path).await.unwrap();
@@ -168,7 +188,7 @@ async fn t01_secure_cluster_world_reads_and_cannot_write_and_ephemerals_keep_the
     assert_eq!(anon.delete(&p(&live), None).await, Err(zk::Error::NoAuth));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t02_rpc_calls_without_or_with_a_wrong_token_are_refused_and_change_nothing() {
     let (zk, dir) = secure_init("sec-rpc").await;
     let auth_path = dir.path().join("auth.toml");
@@ -209,7 +229,7 @@ async fn t02_rpc_calls_without_or_with_a_wrong_token_are_refused_and_change_noth
     assert!(c.exists(&paths::node("n1")).await.unwrap().is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t03_registered_ephemeral_keeps_the_acl_after_expiry_in_process() {
     let zk = fresh_zk("sec-eph").await;
     let auth = AuthFile::generate();
@@ -231,7 +251,7 @@ async fn t03_registered_ephemeral_keeps_the_acl_after_expiry_in_process() {
     c.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t04_bad_input_is_refused_before_any_write() {
     let (zk, dir) = secure_init("sec-input").await;
     let auth_path = dir.path().join("auth.toml");
@@ -276,4 +296,56 @@ async fn t04_bad_input_is_refused_before_any_write() {
     let raw = vec![b' '; datom_common::coord::MAX_RECORD_BYTES + 1];
     let err = c.set_raw(paths::ROOT, &raw, None).await.unwrap_err();
     assert!(matches!(err, datom_common::CoordError::TooLarge { .. }), "raw writes are bounded too: {err}");
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: (ca, cert, key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let (ca_p, cert_p, key_p) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&ca_p, ca.pem()).unwrap();
+    std::fs::write(&cert_p, leaf.pem()).unwrap();
+    std::fs::write(&key_p, leaf_key.serialize_pem()).unwrap();
+    (ca_p, cert_p, key_p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t05_config_service_rpc_over_tls() {
+    let (zk, dir) = secure_init("sec-tls").await;
+    let auth_path = dir.path().join("auth.toml");
+    let (ca, cert, key) = test_pki(dir.path());
+    let (_cs, addr) =
+        config_service(&zk, "cs-tls", &["--auth-file", s(&auth_path), "--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    let c = authed_coord(&zk, &auth_path).await;
+    datom_tests::wait_active(&c, T).await;
+
+    // A plain-TCP client gets no answer from the TLS port; a client trusting another CA is refused.
+    let root = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let out =
+        addnode(&zk, root.path(), "n1", &["--machine-id", "m1", "--token-file", s(&token), "--rpc-timeout", "1500"]);
+    assert!(!out.status.success(), "plain TCP to a TLS port must fail");
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = test_pki(other.path());
+    let args = ["--machine-id", "m1", "--token-file", s(&token), "--rpc-timeout", "1500", "--tls-ca", s(&other_ca)];
+    let out = addnode(&zk, root.path(), "n1", &args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TLS handshake"), "{}", stderr(&out));
+    assert!(c.exists(&paths::node("n1")).await.unwrap().is_none());
+
+    // With the right CA (and the token) the node joins over TLS.
+    let out = addnode(&zk, root.path(), "n1", &["--machine-id", "m1", "--token-file", s(&token), "--tls-ca", s(&ca)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tls = datom_common::tls::client_config(&ca).unwrap();
+    let client = datom_common::tls::dial_config_service(&addr, Duration::from_secs(5), Some(tls)).await.unwrap();
+    assert_eq!(client.get_node(ctx(T), "n1".into()).await.unwrap().unwrap().name, "n1");
+    let res = client.remove_node(ctx(T), "n1".into(), None).await.unwrap();
+    assert!(matches!(res, Err(ConfigError::PermissionDenied(_))), "TLS does not replace the token: {res:?}");
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use datom_common::flags::ZkArgs;
 use datom_common::names::{self, NameKind};
 use datom_common::records::{ConfigServiceInstance, HardwareReport, NodeRecord};
-use datom_common::rpc::{AddNodeRequest, ConfigError, ctx, dial_config_service};
+use datom_common::rpc::{AddNodeRequest, ConfigError, ctx};
 use datom_common::{Coord, paths};
 
 /// Flags of `datom addnode`.
@@ -44,6 +44,10 @@ pub struct AddnodeArgs {
     /// join a secure cluster. Without it the token is derived from --auth-file, if given.
     #[arg(long, env = "DATOM_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Dial the config service over TLS, trusting the PEM CA certificate(s) in this file (for a
+    /// config service started with --tls-cert/--tls-key).
+    #[arg(long, env = "DATOM_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The cluster token to present: from `token_file`, else derived from `--auth-file`, else none
@@ -149,6 +153,7 @@ pub async fn register(
     coord: &Coord,
     req: AddNodeRequest,
     token: Option<String>,
+    tls: Option<std::sync::Arc<datom_common::tls::ClientConfig>>,
     timeout: Duration,
 ) -> anyhow::Result<NodeRecord> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -156,7 +161,7 @@ pub async fn register(
     let mut addr = active_config_service(coord).await?;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match dial_config_service(&addr, left.min(Duration::from_secs(3))).await {
+        match datom_common::tls::dial_config_service(&addr, left.min(Duration::from_secs(3)), tls.clone()).await {
             Ok(client) => {
                 match client.add_node(ctx(left.max(Duration::from_millis(100))), req.clone(), token.clone()).await {
                     Ok(Ok(rec)) => return Ok(rec),
@@ -177,6 +182,10 @@ pub async fn register(
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Ok(a) = active_config_service(coord).await {
             addr = a;
+        }
+        // Out of time: report the last real failure, not a dial with no time left.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last.context(format!("registration did not complete within {} ms", timeout.as_millis())));
         }
     }
 }
@@ -229,10 +238,14 @@ pub async fn run(zk: &ZkArgs, args: AddnodeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let token = cluster_token(zk, args.token_file.as_deref())?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(datom_common::tls::client_config(ca).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let pb = spinner("registering with the config service");
     let coord = zk.connect().await?;
     let req = AddNodeRequest { name: name.clone(), hardware: hw, services };
-    let res = register(&coord, req, token, Duration::from_millis(args.rpc_timeout)).await;
+    let res = register(&coord, req, token, tls, Duration::from_millis(args.rpc_timeout)).await;
     coord.close().await;
     let record = match res {
         Ok(r) => r,

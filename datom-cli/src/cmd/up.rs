@@ -458,7 +458,7 @@ async fn bring_up_with(
             crate::cmd::addnode::check_root_writable(&root)?;
             let req = AddNodeRequest { name: name.clone(), hardware: hw.clone(), services: vec![] };
             let token = crate::cmd::addnode::cluster_token(zk_args, None)?;
-            let record = crate::cmd::addnode::register(coord, req, token, Duration::from_secs(20)).await?;
+            let record = crate::cmd::addnode::register(coord, req, token, None, Duration::from_secs(20)).await?;
             datom_common::fsutil::write_atomic(&root.join("node.json"), &serde_json::to_vec_pretty(&record)?)
                 .with_context(|| format!("cannot stamp {}/node.json", root.display()))?;
             let mut agent_args = common.clone();
