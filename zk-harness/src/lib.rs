@@ -95,10 +95,12 @@ pub fn free_port() -> u16 {
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
         .unwrap_or(32768);
     let (lo, hi) = (10_000u32, low_ephemeral.max(10_100));
-    let mut x =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-            ^ ((std::process::id() as u64) << 32)
-            ^ SEQ.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ ((std::process::id() as u64) << 32)
+        ^ SEQ.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
     for _ in 0..1000 {
         // xorshift64
         x ^= x << 13;
