@@ -58,6 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         cluster: "bench".into(),
         id: "cs-bench".into(),
         http: None,
+        token: None,
+        tls: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(datom_config_service::run(config, async move {
@@ -80,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             async move {
                 let req = AddNodeRequest { name: format!("node-{i}"), hardware: hw(i), services: vec![] };
                 let t = Instant::now();
-                match client.add_node(ctx(Duration::from_secs(30)), req).await {
+                match client.add_node(ctx(Duration::from_secs(30)), req, None).await {
                     Ok(Ok(_)) => Ok(t.elapsed()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(e) => Err(e.to_string()),

@@ -112,6 +112,9 @@ pub enum CoordError {
         /// The client's error.
         source: zookeeper_client::Error,
     },
+    /// The credentials (`--auth-file`) could not be used; nothing was contacted.
+    #[error("cannot use the cluster credentials: {0}")]
+    Credentials(String),
 }
 
 impl CoordError {

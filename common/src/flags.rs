@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::coord::{Coord, CoordConfig, CoordResult};
+use crate::auth::AuthFile;
+use crate::coord::{Coord, CoordConfig, CoordError, CoordResult};
 
 /// `--zk` and `--session-timeout`, shared by every binary.
 #[derive(clap::Args, Debug, Clone)]
@@ -16,19 +17,49 @@ pub struct ZkArgs {
     /// How long to wait for the first ZooKeeper connection, in milliseconds.
     #[arg(long, env = "DATOM_CONNECT_TIMEOUT", default_value_t = 5000, value_name = "MS", global = true)]
     pub connect_timeout: u64,
+    /// Cluster credentials (TOML, mode 0600; see docs/security.md): the ZooKeeper identity every
+    /// znode datom creates is locked to, and the cluster secret. Needed to change a secure cluster.
+    #[arg(long, env = "DATOM_AUTH_FILE", value_name = "FILE", global = true)]
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 impl ZkArgs {
-    /// The coordination config these flags describe.
-    pub fn config(&self) -> CoordConfig {
-        CoordConfig::new(self.zk.clone())
+    /// The coordination config these flags describe, with the credentials of `--auth-file`
+    /// (session auth and the ACL for every created znode) when one is given.
+    pub fn config(&self) -> CoordResult<CoordConfig> {
+        let config = CoordConfig::new(self.zk.clone())
             .with_session_timeout(Duration::from_millis(self.session_timeout))
-            .with_connect_timeout(Duration::from_millis(self.connect_timeout))
+            .with_connect_timeout(Duration::from_millis(self.connect_timeout));
+        Ok(match self.auth()? {
+            Some(auth) => config.with_credentials(&auth),
+            None => config,
+        })
+    }
+
+    /// The credentials in `--auth-file`, if one is given.
+    pub fn auth(&self) -> CoordResult<Option<AuthFile>> {
+        match &self.auth_file {
+            None => Ok(None),
+            Some(p) => AuthFile::load(p).map(Some).map_err(|e| CoordError::Credentials(e.to_string())),
+        }
     }
 
     /// Connects with these flags.
     pub async fn connect(&self) -> CoordResult<Coord> {
-        Coord::connect(self.config()).await
+        Coord::connect(self.config()?).await
+    }
+
+    /// These flags as arguments for a child datom process (`--zk=...`, `--auth-file=...`).
+    pub fn child_args(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("--zk={}", self.zk),
+            format!("--session-timeout={}", self.session_timeout),
+            format!("--connect-timeout={}", self.connect_timeout),
+        ];
+        if let Some(p) = &self.auth_file {
+            v.push(format!("--auth-file={}", p.display()));
+        }
+        v
     }
 }
 

@@ -23,4 +23,7 @@ pub mod spec;
 pub mod cache;
 pub mod status;
 
+pub mod auth;
+pub mod tls;
+
 pub use coord::{Coord, CoordConfig, CoordError, CoordResult};

@@ -66,26 +66,44 @@ pub struct AddNodeRequest {
 }
 
 /// The config service: registers nodes and answers for their records.
+///
+/// Authentication pattern: every joining or mutating method takes a last parameter
+/// `token: Option<String>`, the cluster token ([`crate::auth`]); the server checks it first
+/// (`ConfigServer::authorize`) and answers [`ConfigError::PermissionDenied`] before reading or
+/// writing anything. A service started without `--auth-file` accepts any token (open cluster).
+/// Read-only methods take no token. New mutating methods must follow the same pattern.
 #[tarpc::service]
 pub trait ConfigService {
-    /// Registers a node; idempotent for the same machine id.
-    async fn add_node(req: AddNodeRequest) -> Result<NodeRecord, ConfigError>;
+    /// Registers a node; idempotent for the same machine id. Needs the cluster token.
+    async fn add_node(req: AddNodeRequest, token: Option<String>) -> Result<NodeRecord, ConfigError>;
     /// One node's record.
     async fn get_node(name: String) -> Result<NodeRecord, ConfigError>;
     /// Every node's record, sorted by name.
     async fn list_nodes() -> Result<Vec<NodeRecord>, ConfigError>;
-    /// Removes a node's record.
-    async fn remove_node(name: String) -> Result<(), ConfigError>;
-    /// Replaces the services a node should run.
-    async fn set_node_services(name: String, services: Vec<String>) -> Result<NodeRecord, ConfigError>;
+    /// Removes a node's record. Needs the cluster token.
+    async fn remove_node(name: String, token: Option<String>) -> Result<(), ConfigError>;
+    /// Replaces the services a node should run. Needs the cluster token.
+    async fn set_node_services(
+        name: String,
+        services: Vec<String>,
+        token: Option<String>,
+    ) -> Result<NodeRecord, ConfigError>;
     /// `startservice` without `--node`: the transition master places and starts the service.
-    async fn place_service(service: String) -> Result<crate::records::TransitionRecord, ConfigError>;
-    /// Moves a service (with what must move with it) to a node.
-    async fn move_service(service: String, to: String) -> Result<crate::records::TransitionRecord, ConfigError>;
-    /// Marks a node unschedulable and moves everything off it.
-    async fn drain_node(node: String) -> Result<crate::records::TransitionRecord, ConfigError>;
-    /// Makes a drained node schedulable again.
-    async fn undrain_node(node: String) -> Result<NodeRecord, ConfigError>;
+    /// Needs the cluster token.
+    async fn place_service(
+        service: String,
+        token: Option<String>,
+    ) -> Result<crate::records::TransitionRecord, ConfigError>;
+    /// Moves a service (with what must move with it) to a node. Needs the cluster token.
+    async fn move_service(
+        service: String,
+        to: String,
+        token: Option<String>,
+    ) -> Result<crate::records::TransitionRecord, ConfigError>;
+    /// Marks a node unschedulable and moves everything off it. Needs the cluster token.
+    async fn drain_node(node: String, token: Option<String>) -> Result<crate::records::TransitionRecord, ConfigError>;
+    /// Makes a drained node schedulable again. Needs the cluster token.
+    async fn undrain_node(node: String, token: Option<String>) -> Result<NodeRecord, ConfigError>;
 }
 
 /// Health of a node agent.

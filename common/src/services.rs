@@ -170,6 +170,11 @@ pub async fn write_desired(
     bump_restart: bool,
     reason: &str,
 ) -> Result<(), ServiceError> {
+    // Defence in depth: callers validate too, but no path is built from an unchecked name.
+    names::validate(NameKind::Node, node)?;
+    for s in services {
+        names::validate(NameKind::Service, s)?;
+    }
     let container = paths::node_services(node);
     if coord.exists(&container).await?.is_none() {
         match coord.create_raw(&container, b"{}", Mode::Persistent).await {

@@ -53,6 +53,13 @@ pub struct Args {
     /// one); published in /datom/configservice/instance. Off when not given.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// Serve RPC over TLS with this PEM certificate chain (needs --tls-key); clients then dial
+    /// with --tls-ca.
+    #[arg(long, env = "DATOM_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DATOM_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -62,8 +69,15 @@ impl Args {
             let host = sysinfo_hostname();
             format!("cs-{host}-{}", std::process::id())
         });
+        let token = self.zk.auth()?.map(|a| datom_common::auth::TokenVerifier::new(&a));
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(datom_common::tls::server_config(c, k).map_err(anyhow::Error::msg)?),
+            _ => None,
+        };
         Ok(Config {
-            coord: self.zk.config(),
+            coord: self.zk.config()?,
+            token,
+            tls,
             listen: self.listen,
             advertise: self.advertise,
             init: self.init,
@@ -95,6 +109,11 @@ pub struct Config {
     pub id: String,
     /// Dashboard and metrics address, if served.
     pub http: Option<SocketAddr>,
+    /// When set (the service was given `--auth-file`), mutating calls must carry the cluster
+    /// token derived from the same secret.
+    pub token: Option<datom_common::auth::TokenVerifier>,
+    /// When set, RPC is served over TLS with this config.
+    pub tls: Option<std::sync::Arc<datom_common::tls::ServerConfig>>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -151,14 +170,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         dashboard = Some(task);
     }
     let master = transitions::Master::new(coord.clone(), leadership.clone());
-    let server = server::ConfigServer { coord: coord.clone(), leadership: leadership.clone(), master: master.clone() };
+    let server = server::ConfigServer {
+        coord: coord.clone(),
+        leadership: leadership.clone(),
+        master: master.clone(),
+        token: config.token.clone(),
+    };
     let master_task = tokio::spawn(master.run(stop_rx.clone()));
     let mut rpc_stop = stop_rx.clone();
+    let tls = config.tls.clone();
     let rpc = tokio::spawn(async move {
         use datom_common::rpc::ConfigService as _;
-        datom_common::serve_tcp!(listener, server.serve(), async move {
+        let stopped = async move {
             let _ = rpc_stop.wait_for(|s| *s).await;
-        });
+        };
+        match tls {
+            Some(tls) => datom_common::serve_tls!(listener, tls, server.serve(), stopped),
+            None => datom_common::serve_tcp!(listener, server.serve(), stopped),
+        }
     });
     let leader_task = tokio::spawn(leadership.clone().run(stop_rx));
     shutdown.await;

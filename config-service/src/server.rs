@@ -2,6 +2,7 @@
 //! leadership's fenced multi-ops.
 
 use chrono::Utc;
+use datom_common::auth::TokenVerifier;
 use datom_common::coord::{CoordError, Mode, Op, SessionState, encode};
 use datom_common::names::{self, NameKind};
 use datom_common::records::{NodeRecord, TransitionRecord};
@@ -21,9 +22,21 @@ pub struct ConfigServer {
     pub leadership: Leadership,
     /// The transition master (acts while this instance is active).
     pub master: crate::transitions::Master,
+    /// Checks the cluster token of mutating calls; `None` on an open cluster.
+    pub token: Option<TokenVerifier>,
 }
 
 impl ConfigServer {
+    /// Refuses a mutating call whose token is missing or wrong, before anything is read or
+    /// written. Every mutating RPC method calls this first.
+    pub fn authorize(&self, token: &Option<String>, call: &str) -> Result<(), ConfigError> {
+        let Some(v) = &self.token else { return Ok(()) };
+        v.verify(token.as_deref()).map_err(|reason| {
+            tracing::warn!(call, %reason, "refused a call without a valid cluster token");
+            ConfigError::PermissionDenied(reason)
+        })
+    }
+
     async fn require_active(&self) -> Result<(), ConfigError> {
         if self.leadership.role() == Role::Active { Ok(()) } else { Err(self.leadership.not_active().await) }
     }
@@ -78,23 +91,44 @@ impl ConfigServer {
 }
 
 impl ConfigService for ConfigServer {
-    async fn place_service(self, _: Context, service: String) -> Result<TransitionRecord, ConfigError> {
+    async fn place_service(
+        self,
+        _: Context,
+        service: String,
+        token: Option<String>,
+    ) -> Result<TransitionRecord, ConfigError> {
+        self.authorize(&token, "place_service")?;
         self.master.place_service(&service).await
     }
 
-    async fn move_service(self, _: Context, service: String, to: String) -> Result<TransitionRecord, ConfigError> {
+    async fn move_service(
+        self,
+        _: Context,
+        service: String,
+        to: String,
+        token: Option<String>,
+    ) -> Result<TransitionRecord, ConfigError> {
+        self.authorize(&token, "move_service")?;
         self.master.move_service(&service, &to).await
     }
 
-    async fn drain_node(self, _: Context, node: String) -> Result<TransitionRecord, ConfigError> {
+    async fn drain_node(
+        self,
+        _: Context,
+        node: String,
+        token: Option<String>,
+    ) -> Result<TransitionRecord, ConfigError> {
+        self.authorize(&token, "drain_node")?;
         self.master.drain(&node).await
     }
 
-    async fn undrain_node(self, _: Context, node: String) -> Result<NodeRecord, ConfigError> {
+    async fn undrain_node(self, _: Context, node: String, token: Option<String>) -> Result<NodeRecord, ConfigError> {
+        self.authorize(&token, "undrain_node")?;
         self.master.set_schedulable(&node, true).await
     }
 
-    async fn add_node(self, _: Context, req: AddNodeRequest) -> Result<NodeRecord, ConfigError> {
+    async fn add_node(self, _: Context, req: AddNodeRequest, token: Option<String>) -> Result<NodeRecord, ConfigError> {
+        self.authorize(&token, "add_node")?;
         self.add(req).await
     }
 
@@ -113,7 +147,8 @@ impl ConfigService for ConfigServer {
         Ok(out)
     }
 
-    async fn remove_node(self, _: Context, name: String) -> Result<(), ConfigError> {
+    async fn remove_node(self, _: Context, name: String, token: Option<String>) -> Result<(), ConfigError> {
+        self.authorize(&token, "remove_node")?;
         names::validate(NameKind::Node, &name).map_err(|e| ConfigError::InvalidName(e.to_string()))?;
         self.require_active().await?;
         let Some((_, version)) = self.read_node(&name).await? else { return Err(ConfigError::NoSuchNode(name)) };
@@ -137,7 +172,9 @@ impl ConfigService for ConfigServer {
         _: Context,
         name: String,
         services: Vec<String>,
+        token: Option<String>,
     ) -> Result<NodeRecord, ConfigError> {
+        self.authorize(&token, "set_node_services")?;
         names::validate(NameKind::Node, &name).map_err(|e| ConfigError::InvalidName(e.to_string()))?;
         registry::validate_services(&services)?;
         self.require_active().await?;

@@ -81,6 +81,8 @@ pub enum Command {
     Man(cmd::docs::ManArgs),
     /// Replicated key/value volumes: create, put, get, delete, status.
     Volume(cmd::volume::VolumeArgs),
+    /// Print (or write with --out) the cluster token derived from --auth-file.
+    Token(cmd::init::TokenArgs),
 }
 
 /// Runs the command and maps failure to a non-zero exit with the error on stderr.
@@ -124,6 +126,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Completions(args) => cmd::docs::completions(args),
             Command::Man(args) => cmd::docs::man(args),
             Command::Volume(args) => cmd::volume::run(&cli.zk, args).await,
+            Command::Token(args) => cmd::init::token(&cli.zk, args),
         }
     });
     // Do not wait for lingering background tasks (watch streams) at exit.

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Run { node, listen } => {
                 let exe = std::env::current_exe()?;
-                let config = datom_ha_routing::ManagerConfig { zk: cli.zk.config(), node, listen, handler_exe: exe };
+                let config = datom_ha_routing::ManagerConfig { zk: cli.zk.config()?, node, listen, handler_exe: exe };
                 datom_ha_routing::run(config, terminated()).await
             }
             Cmd::StandInAgent { node } => {

@@ -78,10 +78,10 @@ pub struct Args {
 }
 
 impl Args {
-    /// Builds the agent config from flags.
-    pub fn into_config(self) -> Config {
-        Config {
-            coord: self.zk.config(),
+    /// Builds the agent config from flags; fails when `--auth-file` cannot be used.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        Ok(Config {
+            coord: self.zk.config()?,
             root: self.root,
             port: self.port,
             nic_if: self.nic_if,
@@ -91,7 +91,7 @@ impl Args {
             fence_fraction: self.fence_fraction,
             report_load: self.report_load,
             http: self.http,
-        }
+        })
     }
 }
 

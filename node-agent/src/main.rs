@@ -6,7 +6,10 @@ fn main() -> std::process::ExitCode {
     let args = datom_node_agent::Args::parse();
     args.log.init("info");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let res = rt.block_on(datom_node_agent::run(args.into_config(), datom_node_agent::shutdown_signal()));
+    let res = rt.block_on(async move {
+        let config = args.into_config()?;
+        datom_node_agent::run(config, datom_node_agent::shutdown_signal()).await
+    });
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -92,6 +92,7 @@ impl ConfigService for StubConfigService {
         self,
         _: tarpc::context::Context,
         _s: String,
+        _: Option<String>,
     ) -> Result<datom_common::records::TransitionRecord, ConfigError> {
         Err(ConfigError::NotActive { active: None })
     }
@@ -100,6 +101,7 @@ impl ConfigService for StubConfigService {
         _: tarpc::context::Context,
         _s: String,
         _t: String,
+        _: Option<String>,
     ) -> Result<datom_common::records::TransitionRecord, ConfigError> {
         Err(ConfigError::NotActive { active: None })
     }
@@ -107,6 +109,7 @@ impl ConfigService for StubConfigService {
         self,
         _: tarpc::context::Context,
         _n: String,
+        _: Option<String>,
     ) -> Result<datom_common::records::TransitionRecord, ConfigError> {
         Err(ConfigError::NotActive { active: None })
     }
@@ -114,10 +117,11 @@ impl ConfigService for StubConfigService {
         self,
         _: tarpc::context::Context,
         _n: String,
+        _: Option<String>,
     ) -> Result<datom_common::records::NodeRecord, ConfigError> {
         Err(ConfigError::NotActive { active: None })
     }
-    async fn add_node(self, _: Context, _: AddNodeRequest) -> Result<NodeRecord, ConfigError> {
+    async fn add_node(self, _: Context, _: AddNodeRequest, _: Option<String>) -> Result<NodeRecord, ConfigError> {
         Err(ConfigError::InvalidArgument("stub".into()))
     }
     async fn get_node(self, _: Context, name: String) -> Result<NodeRecord, ConfigError> {
@@ -126,10 +130,16 @@ impl ConfigService for StubConfigService {
     async fn list_nodes(self, _: Context) -> Result<Vec<NodeRecord>, ConfigError> {
         Ok(vec![])
     }
-    async fn remove_node(self, _: Context, name: String) -> Result<(), ConfigError> {
+    async fn remove_node(self, _: Context, name: String, _: Option<String>) -> Result<(), ConfigError> {
         Err(ConfigError::NoSuchNode(name))
     }
-    async fn set_node_services(self, _: Context, name: String, _: Vec<String>) -> Result<NodeRecord, ConfigError> {
+    async fn set_node_services(
+        self,
+        _: Context,
+        name: String,
+        _: Vec<String>,
+        _: Option<String>,
+    ) -> Result<NodeRecord, ConfigError> {
         Err(ConfigError::NoSuchNode(name))
     }
 }

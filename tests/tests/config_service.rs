@@ -27,7 +27,7 @@ fn fake_hw(machine: &str) -> HardwareReport {
 async fn try_add(addr: &str, name: &str, machine: &str) -> Result<NodeRecord, String> {
     let client = dial_config_service(addr, Duration::from_millis(500)).await.map_err(|e| e.to_string())?;
     let req = AddNodeRequest { name: name.into(), hardware: fake_hw(machine), services: vec![] };
-    match client.add_node(ctx(Duration::from_secs(2)), req).await {
+    match client.add_node(ctx(Duration::from_secs(2)), req, None).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(format!("{e:?}")),
         Err(e) => Err(e.to_string()),
@@ -175,7 +175,7 @@ async fn t06_paused_active_accepts_no_mutations_once_it_lost_the_lock() {
     assert_eq!(id, "cs-b");
     // Send a mutation to the paused old active, then wake it: it must refuse.
     let req = AddNodeRequest { name: "split-brain".into(), hardware: fake_hw("m9"), services: vec![] };
-    let call = tokio::spawn(async move { client.add_node(ctx(Duration::from_secs(10)), req).await });
+    let call = tokio::spawn(async move { client.add_node(ctx(Duration::from_secs(10)), req, None).await });
     tokio::time::sleep(Duration::from_millis(100)).await; // let the request reach A's socket buffer
     a.signal(Signal::SIGCONT);
     let res = call.await.unwrap();

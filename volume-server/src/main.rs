@@ -65,8 +65,15 @@ fn main() -> std::process::ExitCode {
         heartbeat: Duration::from_millis(cli.heartbeat_ms),
         ..Timings::default()
     };
+    let zk = match cli.zk.config() {
+        Ok(z) => z,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let config = datom_volume_server::Config {
-        zk: cli.zk.config(),
+        zk,
         member: cli.member,
         data_dir: cli.data_dir,
         listen: cli.listen,
@@ -77,13 +84,7 @@ fn main() -> std::process::ExitCode {
         checkpoint_interval: Duration::from_millis(cli.checkpoint_ms.max(10)),
         write_timeout: Duration::from_secs(5),
     };
-    let res = rt.block_on(datom_volume_server::run(config, async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }));
+    let res = rt.block_on(datom_volume_server::run(config, datom_common::flags::shutdown_signal()));
     rt.shutdown_timeout(Duration::from_millis(200));
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -70,6 +70,14 @@ impl CoordConfig {
         self.connect_timeout = t;
         self
     }
+
+    /// Authenticates every session as `auth`'s identity and gives every znode datom creates
+    /// `auth`'s ACL (all rights for the identity, read for anyone).
+    pub fn with_credentials(mut self, auth: &crate::auth::AuthFile) -> Self {
+        self.auth = vec![auth.zk_auth()];
+        self.acl = auth.acl();
+        self
+    }
 }
 
 /// Where the session stands, as seen by datom.
@@ -197,6 +205,14 @@ pub fn encode<T: Serialize>(path: &str, value: &T) -> CoordResult<Vec<u8>> {
         return Err(CoordError::TooLarge { path: path.to_string(), size: data.len(), limit: MAX_RECORD_BYTES });
     }
     Ok(data)
+}
+
+/// Refuses raw data over [`MAX_RECORD_BYTES`] before it is sent.
+fn check_size(path: &str, data: &[u8]) -> CoordResult<()> {
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(CoordError::TooLarge { path: path.to_string(), size: data.len(), limit: MAX_RECORD_BYTES });
+    }
+    Ok(())
 }
 
 /// Decodes a record read from `path`.
@@ -407,6 +423,7 @@ impl Coord {
 
     /// Creates `path` with raw `data`; returns the created path (differs for sequential modes).
     pub async fn create_raw(&self, path: &str, data: &[u8], mode: Mode) -> CoordResult<String> {
+        check_size(path, data)?;
         let opts = mode.zk().with_acls(self.acls());
         self.call("create", path, None, |c| async move {
             let (_stat, seq) = c.create(path, data, &opts).await?;
@@ -459,6 +476,7 @@ impl Coord {
 
     /// Raw form of [`Coord::set`].
     pub async fn set_raw(&self, path: &str, data: &[u8], version: Option<i32>) -> CoordResult<i32> {
+        check_size(path, data)?;
         self.call("set", path, version, |c| async move { c.set_data(path, data, version).await.map(|s| s.version) })
             .await
     }
@@ -526,6 +544,16 @@ impl Coord {
         }
         let opts = zk::CreateMode::Persistent.with_acls(self.acls());
         self.call("mkdir", path, None, |c| async move { c.mkdir(path, &opts).await }).await
+    }
+
+    /// The ACL of `path` (to check that a secure tree is locked down).
+    pub async fn get_acl(&self, path: &str) -> CoordResult<Vec<zk::Acl>> {
+        self.call("get_acl", path, None, |c| async move { c.get_acl(path).await.map(|(acl, _)| acl) }).await
+    }
+
+    /// Whether the ACL `acl` lets anyone without credentials change the znode.
+    pub fn acl_is_open(acl: &[zk::Acl]) -> bool {
+        acl.iter().any(|a| a.scheme() == "world" && a.permission() != zk::Permission::READ)
     }
 
     /// Lists the children of `path`, sorted.

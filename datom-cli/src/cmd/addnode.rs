@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use datom_common::flags::ZkArgs;
 use datom_common::names::{self, NameKind};
 use datom_common::records::{ConfigServiceInstance, HardwareReport, NodeRecord};
-use datom_common::rpc::{AddNodeRequest, ConfigError, ctx, dial_config_service};
+use datom_common::rpc::{AddNodeRequest, ConfigError, ctx};
 use datom_common::{Coord, paths};
 
 /// Flags of `datom addnode`.
@@ -40,6 +40,23 @@ pub struct AddnodeArgs {
     /// How long to wait for the config service, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub rpc_timeout: u64,
+    /// The cluster token (a file with mode 0600 holding it; `datom token` writes one), needed to
+    /// join a secure cluster. Without it the token is derived from --auth-file, if given.
+    #[arg(long, env = "DATOM_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Dial the config service over TLS, trusting the PEM CA certificate(s) in this file (for a
+    /// config service started with --tls-cert/--tls-key).
+    #[arg(long, env = "DATOM_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// The cluster token to present: from `token_file`, else derived from `--auth-file`, else none
+/// (an open cluster).
+pub fn cluster_token(zk: &ZkArgs, token_file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(p) = token_file {
+        return Ok(Some(datom_common::auth::load_token(p)?));
+    }
+    Ok(zk.auth()?.map(|a| a.token()))
 }
 
 fn prompt(question: &str, default: Option<&str>) -> anyhow::Result<String> {
@@ -132,23 +149,31 @@ pub async fn active_config_service(coord: &Coord) -> anyhow::Result<String> {
 
 /// Registers through the active config service, following NotActive redirects and riding out a
 /// failover in progress, within `timeout`.
-pub async fn register(coord: &Coord, req: AddNodeRequest, timeout: Duration) -> anyhow::Result<NodeRecord> {
+pub async fn register(
+    coord: &Coord,
+    req: AddNodeRequest,
+    token: Option<String>,
+    tls: Option<std::sync::Arc<datom_common::tls::ClientConfig>>,
+    timeout: Duration,
+) -> anyhow::Result<NodeRecord> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last: anyhow::Error;
     let mut addr = active_config_service(coord).await?;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match dial_config_service(&addr, left.min(Duration::from_secs(3))).await {
-            Ok(client) => match client.add_node(ctx(left.max(Duration::from_millis(100))), req.clone()).await {
-                Ok(Ok(rec)) => return Ok(rec),
-                Ok(Err(ConfigError::NotActive { active: Some(a) })) if a != addr => {
-                    addr = a;
-                    continue;
+        match datom_common::tls::dial_config_service(&addr, left.min(Duration::from_secs(3)), tls.clone()).await {
+            Ok(client) => {
+                match client.add_node(ctx(left.max(Duration::from_millis(100))), req.clone(), token.clone()).await {
+                    Ok(Ok(rec)) => return Ok(rec),
+                    Ok(Err(ConfigError::NotActive { active: Some(a) })) if a != addr => {
+                        addr = a;
+                        continue;
+                    }
+                    Ok(Err(e @ ConfigError::NotActive { .. })) => last = e.into(),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => last = anyhow::anyhow!("config service at {addr} did not answer: {e}"),
                 }
-                Ok(Err(e @ ConfigError::NotActive { .. })) => last = e.into(),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => last = anyhow::anyhow!("config service at {addr} did not answer: {e}"),
-            },
+            }
             Err(e) => last = anyhow::anyhow!("cannot reach the config service at {addr}: {e}"),
         }
         if tokio::time::Instant::now() >= deadline {
@@ -157,6 +182,10 @@ pub async fn register(coord: &Coord, req: AddNodeRequest, timeout: Duration) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Ok(a) = active_config_service(coord).await {
             addr = a;
+        }
+        // Out of time: report the last real failure, not a dial with no time left.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last.context(format!("registration did not complete within {} ms", timeout.as_millis())));
         }
     }
 }
@@ -208,10 +237,15 @@ pub async fn run(zk: &ZkArgs, args: AddnodeArgs) -> anyhow::Result<ExitCode> {
         names::validate(NameKind::Service, s)?;
     }
 
+    let token = cluster_token(zk, args.token_file.as_deref())?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(datom_common::tls::client_config(ca).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let pb = spinner("registering with the config service");
     let coord = zk.connect().await?;
     let req = AddNodeRequest { name: name.clone(), hardware: hw, services };
-    let res = register(&coord, req, Duration::from_millis(args.rpc_timeout)).await;
+    let res = register(&coord, req, token, tls, Duration::from_millis(args.rpc_timeout)).await;
     coord.close().await;
     let record = match res {
         Ok(r) => r,

@@ -60,11 +60,13 @@ async fn master(coord: &Coord) -> anyhow::Result<ConfigServiceClient> {
         .map_err(|e| anyhow::anyhow!("cannot reach the active config service at {addr}: {e}"))
 }
 
+/// Calls the active config service with the cluster token (derived from `--auth-file`).
 async fn call<T, F, Fut>(zk: &ZkArgs, f: F) -> anyhow::Result<T>
 where
-    F: Fn(ConfigServiceClient) -> Fut,
+    F: Fn(ConfigServiceClient, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<Result<T, ConfigError>, tarpc::client::RpcError>>,
 {
+    let token = crate::cmd::addnode::cluster_token(zk, None)?;
     let coord = zk.connect().await?;
     let mut last = None;
     for _ in 0..3 {
@@ -76,7 +78,7 @@ where
                 continue;
             }
         };
-        match f(client).await {
+        match f(client, token.clone()).await {
             Ok(Ok(v)) => {
                 coord.close().await;
                 return Ok(v);
@@ -115,18 +117,18 @@ pub fn print_transition(t: &TransitionRecord) {
 
 /// `startservice SVC` without `--node`.
 pub async fn place(zk: &ZkArgs, service: &str) -> anyhow::Result<TransitionRecord> {
-    call(zk, |c| {
+    call(zk, |c, t| {
         let s = service.to_string();
-        async move { c.place_service(ctx(Duration::from_secs(30)), s).await }
+        async move { c.place_service(ctx(Duration::from_secs(30)), s, t).await }
     })
     .await
 }
 
 /// Runs `datom move`.
 pub async fn move_service(zk: &ZkArgs, args: MoveArgs) -> anyhow::Result<ExitCode> {
-    let t = call(zk, |c| {
+    let t = call(zk, |c, t| {
         let (s, to) = (args.service.clone(), args.to.clone());
-        async move { c.move_service(ctx(Duration::from_secs(30)), s, to).await }
+        async move { c.move_service(ctx(Duration::from_secs(30)), s, to, t).await }
     })
     .await?;
     if args.json {
@@ -141,9 +143,9 @@ pub async fn move_service(zk: &ZkArgs, args: MoveArgs) -> anyhow::Result<ExitCod
 pub async fn node(zk: &ZkArgs, cmd: NodeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         NodeCmd::Drain { node, json } => {
-            let t = call(zk, |c| {
+            let t = call(zk, |c, t| {
                 let n = node.clone();
-                async move { c.drain_node(ctx(Duration::from_secs(30)), n).await }
+                async move { c.drain_node(ctx(Duration::from_secs(30)), n, t).await }
             })
             .await?;
             if json {
@@ -154,9 +156,9 @@ pub async fn node(zk: &ZkArgs, cmd: NodeCmd) -> anyhow::Result<ExitCode> {
             Ok(if t.unplaced.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         NodeCmd::Undrain { node } => {
-            call(zk, |c| {
+            call(zk, |c, t| {
                 let n = node.clone();
-                async move { c.undrain_node(ctx(Duration::from_secs(30)), n).await }
+                async move { c.undrain_node(ctx(Duration::from_secs(30)), n, t).await }
             })
             .await?;
             println!("node {node:?} is schedulable again");

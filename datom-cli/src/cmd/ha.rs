@@ -278,12 +278,11 @@ pub async fn ha_api(zk: &ZkArgs, args: HaApiArgs) -> anyhow::Result<ExitCode> {
             let opts = StartOptions {
                 exe,
                 node: node.clone(),
-                args: vec![
-                    format!("--zk={}", zk.zk),
-                    format!("--session-timeout={}", zk.session_timeout),
-                    format!("--connect-timeout={}", zk.connect_timeout),
-                    format!("--listen={}", args.listen),
-                ],
+                args: {
+                    let mut a = zk.child_args();
+                    a.push(format!("--listen={}", args.listen));
+                    a
+                },
                 log_file: log_file.clone(),
                 timeout: wait,
             };

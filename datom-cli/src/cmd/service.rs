@@ -97,6 +97,16 @@ async fn with_coord<T>(zk: &ZkArgs, f: impl AsyncFnOnce(&Coord) -> anyhow::Resul
 pub async fn service(zk: &ZkArgs, cmd: ServiceCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ServiceCmd::Apply { file } => {
+            // Bound the size before reading: an oversized file is refused without loading it.
+            let len =
+                std::fs::metadata(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?.len();
+            if len > datom_common::spec::MAX_SPEC_BYTES as u64 {
+                bail!(
+                    "{}: the spec is {len} bytes; the limit is {} bytes. Nothing was written",
+                    file.display(),
+                    datom_common::spec::MAX_SPEC_BYTES
+                );
+            }
             let src =
                 std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let spec = ServiceSpec::from_toml(&src).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

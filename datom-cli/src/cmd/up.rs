@@ -395,7 +395,10 @@ async fn bring_up(
     agent_bin: &Path,
 ) -> anyhow::Result<()> {
     let zk = cluster.zk.clone();
-    let coord = Coord::connect(CoordConfig::new(zk.clone())).await?;
+    // With --auth-file the demo cluster is secure too: the same credentials for every process.
+    let mut config = zk_args.config()?;
+    config.connect = zk.clone();
+    let coord = Coord::connect(config).await?;
     let res = bring_up_with(cluster, &coord, zk_args, args, config_service_bin, agent_bin).await;
     coord.close().await;
     res
@@ -423,6 +426,10 @@ async fn bring_up_with(
         "--log-format".to_string(),
         log_format_flag(args.log.log_format).to_string(),
     ];
+    let mut common = common;
+    if let Some(p) = &zk_args.auth_file {
+        common.push(format!("--auth-file={}", p.display()));
+    }
 
     eprintln!("starting the config service (dashboard on {}) ...", args.http);
     let mut cs_args = common.clone();
@@ -450,7 +457,8 @@ async fn bring_up_with(
             let root = cluster.state_dir.join("nodes").join(&name);
             crate::cmd::addnode::check_root_writable(&root)?;
             let req = AddNodeRequest { name: name.clone(), hardware: hw.clone(), services: vec![] };
-            let record = crate::cmd::addnode::register(coord, req, Duration::from_secs(20)).await?;
+            let token = crate::cmd::addnode::cluster_token(zk_args, None)?;
+            let record = crate::cmd::addnode::register(coord, req, token, None, Duration::from_secs(20)).await?;
             datom_common::fsutil::write_atomic(&root.join("node.json"), &serde_json::to_vec_pretty(&record)?)
                 .with_context(|| format!("cannot stamp {}/node.json", root.display()))?;
             let mut agent_args = common.clone();
