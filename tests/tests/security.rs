@@ -12,7 +12,9 @@ use datom_common::auth::AuthFile;
 use datom_common::records::{HardwareReport, InstanceRecord, LiveRecord, NodeRecord, ServiceState};
 use datom_common::rpc::{AddNodeRequest, ConfigError, ctx, dial_config_service};
 use datom_common::{Coord, paths};
-use datom_tests::{addnode, config_service, datom, fresh_zk, harness, node_agent, stderr, test_config, wait_for};
+use datom_tests::{
+    addnode, config_service, datom, fresh_zk, harness, node_agent, stderr, stdout, test_config, wait_for,
+};
 use nix::sys::signal::Signal;
 use zookeeper_client as zk;
 
@@ -348,4 +350,40 @@ async fn t05_config_service_rpc_over_tls() {
     assert_eq!(client.get_node(ctx(T), "n1".into()).await.unwrap().unwrap().name, "n1");
     let res = client.remove_node(ctx(T), "n1".into(), None).await.unwrap();
     assert!(matches!(res, Err(ConfigError::PermissionDenied(_))), "TLS does not replace the token: {res:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t06_volume_writes_need_the_cluster_token() {
+    let (zk, dir) = secure_init("sec-volume").await;
+    let auth = dir.path().join("auth.toml");
+    let out = datom(&zk, &["--auth-file", s(&auth), "volume", "create", "vol", "--replicas", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let data = dir.path().join("m1");
+    let port = harness::free_port();
+    let mut cmd = std::process::Command::new(datom_tests::bin("datom-volume-server"));
+    cmd.args(["--zk", &zk, "--auth-file", s(&auth), "--session-timeout", "2000", "--member", "m1", "--volume", "vol"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let _server = datom_tests::Proc::spawn("volume-m1", cmd);
+    // With --auth-file, the CLI derives and presents the token.
+    let out = wait_for("a leader that takes a write", Duration::from_secs(30), || async {
+        let o = datom(&zk, &["--auth-file", s(&auth), "volume", "put", "vol", "k", "v1"]);
+        o.status.success().then_some(o)
+    })
+    .await;
+    assert!(out.status.success());
+    // Without a token, and with a wrong one: PermissionDenied, nothing written.
+    let coord = authed_coord(&zk, &auth).await;
+    for token in [None, Some("00".repeat(32))] {
+        let mut c = datom_volume_server::client::VolumeClient::new(coord.clone(), "vol");
+        c.token = token.clone();
+        c.retry_for = Duration::from_secs(2);
+        let err = c.put("k", "forged").await.unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{token:?}: {err}");
+        let err = c.delete("k").await.unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{token:?}: {err}");
+    }
+    let out = datom(&zk, &["--auth-file", s(&auth), "volume", "get", "vol", "k"]);
+    assert!(stdout(&out).contains("v1"), "unchanged: {} {}", stdout(&out), stderr(&out));
 }

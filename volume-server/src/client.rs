@@ -104,6 +104,8 @@ pub struct VolumeClient {
     pub request_timeout: Duration,
     /// How long put/get/delete keep retrying retriable errors.
     pub retry_for: Duration,
+    /// The cluster token presented with writes (secure clusters).
+    pub token: Option<String>,
 }
 
 impl VolumeClient {
@@ -116,6 +118,7 @@ impl VolumeClient {
             leader: Mutex::new(None),
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(10),
+            token: None,
         }
     }
 
@@ -248,8 +251,8 @@ impl VolumeClient {
     /// Removes `key` on the leader.
     pub async fn delete(&self, key: &str) -> Result<WriteAck, ClientError> {
         self.on_leader(|addr| async move {
-            let (v, k) = (self.volume.clone(), key.to_string());
-            self.call(&addr, |c, ctx| async move { c.delete(ctx, v, k).await }).await
+            let (v, k, t) = (self.volume.clone(), key.to_string(), self.token.clone());
+            self.call(&addr, |c, ctx| async move { c.delete(ctx, v, k, t).await }).await
         })
         .await
     }
@@ -265,8 +268,8 @@ impl VolumeClient {
 
     /// One put sent to the server at `addr`, whoever leads: no retry, no redirection.
     pub async fn put_at(&self, addr: &str, key: &str, value: &str) -> Result<WriteAck, ClientError> {
-        let (v, k, val) = (self.volume.clone(), key.to_string(), value.to_string());
-        self.call(addr, |c, ctx| async move { c.put(ctx, v, k, val).await }).await
+        let (v, k, val, t) = (self.volume.clone(), key.to_string(), value.to_string(), self.token.clone());
+        self.call(addr, |c, ctx| async move { c.put(ctx, v, k, val, t).await }).await
     }
 
     /// One replica's state and db fingerprint.

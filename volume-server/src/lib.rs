@@ -52,6 +52,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// How long a write may wait for its acknowledgement.
     pub write_timeout: Duration,
+    /// Cluster token check for writes (from `--auth-file`); `None` on an open cluster.
+    pub token: Option<datom_common::auth::TokenVerifier>,
 }
 
 /// Runs the server until `shutdown` resolves, then leaves the groups gracefully.
@@ -104,7 +106,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         mgr.open(v, open).await.with_context(|| format!("cannot start the replica of volume {v:?}"))?;
     }
-    let server = VolumeServer::new(mgr.clone(), config.write_timeout, config.write_timeout);
+    let mut server = VolumeServer::new(mgr.clone(), config.write_timeout, config.write_timeout);
+    server.token = config.token.clone();
     let api = tokio::spawn({
         let stopped = stopped();
         async move { datom_pb::serve_tcp_nodelay!(listener, server.serve(), stopped) }

@@ -65,6 +65,13 @@ fn main() -> std::process::ExitCode {
         heartbeat: Duration::from_millis(cli.heartbeat_ms),
         ..Timings::default()
     };
+    let token = match cli.zk.auth() {
+        Ok(a) => a.map(|a| datom_common::auth::TokenVerifier::new(&a)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let zk = match cli.zk.config() {
         Ok(z) => z,
         Err(e) => {
@@ -83,6 +90,7 @@ fn main() -> std::process::ExitCode {
         timings,
         checkpoint_interval: Duration::from_millis(cli.checkpoint_ms.max(10)),
         write_timeout: Duration::from_secs(5),
+        token,
     };
     let res = rt.block_on(datom_volume_server::run(config, datom_common::flags::shutdown_signal()));
     rt.shutdown_timeout(Duration::from_millis(200));

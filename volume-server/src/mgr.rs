@@ -130,6 +130,8 @@ impl VolumeReplicaMgr {
 /// The tarpc server of [`VolumeApi`].
 #[derive(Clone)]
 pub struct VolumeServer {
+    /// Checks the cluster token of writes; `None` on an open cluster.
+    pub token: Option<datom_common::auth::TokenVerifier>,
     mgr: Arc<VolumeReplicaMgr>,
     write_timeout: Duration,
     read_timeout: Duration,
@@ -138,7 +140,16 @@ pub struct VolumeServer {
 impl VolumeServer {
     /// A server over `mgr`.
     pub fn new(mgr: Arc<VolumeReplicaMgr>, write_timeout: Duration, read_timeout: Duration) -> Self {
-        VolumeServer { mgr, write_timeout, read_timeout }
+        VolumeServer { mgr, write_timeout, read_timeout, token: None }
+    }
+
+    /// Refuses a write without the right cluster token (secure clusters only), before anything
+    /// is journaled.
+    fn authorize(&self, token: &Option<String>) -> Result<(), VolumeError> {
+        match &self.token {
+            None => Ok(()),
+            Some(v) => v.verify(token.as_deref()).map_err(VolumeError::PermissionDenied),
+        }
     }
 
     async fn write(&self, volume: &str, op: Op) -> Result<WriteAck, VolumeError> {
@@ -161,12 +172,21 @@ impl VolumeApi for VolumeServer {
         volume: String,
         key: String,
         value: String,
+        token: Option<String>,
     ) -> Result<WriteAck, VolumeError> {
+        self.authorize(&token)?;
         validate(&key, Some(&value))?;
         self.write(&volume, Op::Put { key, value }).await
     }
 
-    async fn delete(self, _: tarpc::context::Context, volume: String, key: String) -> Result<WriteAck, VolumeError> {
+    async fn delete(
+        self,
+        _: tarpc::context::Context,
+        volume: String,
+        key: String,
+        token: Option<String>,
+    ) -> Result<WriteAck, VolumeError> {
+        self.authorize(&token)?;
         validate(&key, None)?;
         self.write(&volume, Op::Delete { key }).await
     }

@@ -23,6 +23,9 @@ pub enum VolumeError {
     /// Bad key or value.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A write without the cluster token, or with a wrong one, on a secure cluster.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The write was journaled but not acknowledged in time.
     #[error("the write was not acknowledged within {0} ms; its outcome is unknown: retry")]
     Timeout(u64),
@@ -58,9 +61,11 @@ pub struct ReplicaInfo {
 #[tarpc::service]
 pub trait VolumeApi {
     /// Sets `key` to `value`; acknowledged once a quorum journaled it. Leader only.
-    async fn put(volume: String, key: String, value: String) -> Result<WriteAck, VolumeError>;
-    /// Removes `key`; acknowledged once a quorum journaled it. Leader only.
-    async fn delete(volume: String, key: String) -> Result<WriteAck, VolumeError>;
+    /// Needs the cluster token on a secure cluster.
+    async fn put(volume: String, key: String, value: String, token: Option<String>) -> Result<WriteAck, VolumeError>;
+    /// Removes `key`; acknowledged once a quorum journaled it. Leader only. Needs the cluster
+    /// token on a secure cluster.
+    async fn delete(volume: String, key: String, token: Option<String>) -> Result<WriteAck, VolumeError>;
     /// Reads `key` after confirming leadership with a quorum. Leader only.
     async fn get(volume: String, key: String) -> Result<Option<String>, VolumeError>;
     /// This replica's state and db fingerprint (any replica).

@@ -87,14 +87,22 @@ pub async fn run(zk: &ZkArgs, args: VolumeArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--replicas must be between 1 and 9 (odd numbers tolerate the most failures), not {replicas}");
     }
+    // Writes present the cluster token (derived from --auth-file) on a secure cluster.
+    let token = crate::cmd::addnode::cluster_token(zk, None)?;
     let coord = zk.connect().await?;
-    let res = run_with(&coord, &name, args).await;
+    let res = run_with(&coord, &name, args, token).await;
     coord.close().await;
     res
 }
 
-async fn run_with(coord: &datom_common::Coord, name: &str, args: VolumeArgs) -> anyhow::Result<ExitCode> {
+async fn run_with(
+    coord: &datom_common::Coord,
+    name: &str,
+    args: VolumeArgs,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let mut client = VolumeClient::new(coord.clone(), name);
+    client.token = token;
     client.retry_for = Duration::from_millis(args.timeout);
     match args.cmd {
         VolumeCmd::Create { replicas, .. } => create(coord, name, replicas).await,
