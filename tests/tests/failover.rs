@@ -91,7 +91,12 @@ async fn f01_sigkilled_agent_fails_over_within_session_timeout_plus_2s() {
     // `datom events` shows it.
     let out = c.datom(&["events"]);
     assert!(stdout(&out).contains("NodeDied"), "{}", stdout(&out));
-    kill_pid(old.pid); // the SIGKILLed agent's orphan (a real dead node takes it with it)
+    // The crashed agent's copy is still running on n1 (only the agent died). When n1's agent
+    // comes back it stops that orphan: the service is no longer wanted there.
+    assert!(pid_alive(old.pid));
+    c.start_agent("n1", &[]).await;
+    wait_for("orphan stopped by the restarted agent", T, || async { (!pid_alive(old.pid)).then_some(()) }).await;
+    assert_eq!(desired_nodes(&c, "web").await, vec![moved.node.clone()]);
 }
 
 #[tokio::test]

@@ -27,6 +27,30 @@ use plan::{Action, Observed, Target};
 use process::Layout;
 use runtime::{Cmd, Ctx, RuntimeHandle};
 
+/// Stops processes left by a previous agent whose pid file matches a live process but whose
+/// desired state here is no longer `in_service`.
+fn stop_orphans(layout: &Layout, desired: &BTreeMap<String, DesiredRecord>) {
+    let Ok(entries) = std::fs::read_dir(layout.root.join("run")) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "pid") {
+            continue;
+        }
+        let Some(svc) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
+        let wanted = desired.get(&svc).is_some_and(|d| d.op == datom_common::records::Operation::InService);
+        if wanted {
+            continue;
+        }
+        if let Some(pf) = process::read_pid_file(&path)
+            && process::probe(&pf)
+        {
+            tracing::warn!(service = %svc, pid = pf.pid, "stopping an orphaned copy left by a previous agent (no longer wanted here)");
+            process::signal(pf.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// Handle to the running supervisor.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -77,6 +101,20 @@ impl Supervisor {
         let mut spec_events = specs_cache.subscribe();
         desired_cache.wait_synced().await;
         specs_cache.wait_synced().await;
+        // Orphans of a previous agent (one that crashed): a copy still running whose desired
+        // state is no longer in_service — typically moved away by failover meanwhile — is stopped
+        // now; copies still wanted here are adopted by their runtimes below.
+        {
+            let desired_now: BTreeMap<String, DesiredRecord> = desired_cache
+                .snapshot()
+                .into_iter()
+                .filter(|(p, _)| paths::parent(p) == desired_root)
+                .filter_map(|(p, n)| {
+                    decode::<DesiredRecord>(&p, &n.data).ok().map(|d| (paths::basename(&p).to_string(), d))
+                })
+                .collect();
+            stop_orphans(&ctx.layout, &desired_now);
+        }
         let mut last_waiting = BTreeSet::new();
         // Targets as sent: the planner must see an operation as issued the moment it is sent,
         // not when the runtime gets round to it, or it would issue it twice.
