@@ -418,7 +418,7 @@ pub fn render_main(st: &ClusterStatus, by: &ServedBy) -> String {
     // Redundancy nodes.
     h.push_str("<section id=\"redundancy\"><h2>Redundancy nodes</h2>");
     if st.redundancy.is_empty() {
-        h.push_str(&empty("redundancy", "create one with `datom set_params`"));
+        h.push_str(&empty("redundancy", "create one with `datom create_node`"));
     } else {
         h.push_str("<table><tr><th>index</th><th>state</th><th>record</th></tr>");
         for r in &st.redundancy {

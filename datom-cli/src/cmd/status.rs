@@ -359,7 +359,7 @@ pub fn render(s: &ClusterStatus, color: bool) -> String {
 
     let _ = writeln!(out, "\n{}", st.bold("redundancy nodes"));
     if s.redundancy.is_empty() {
-        none(&mut out, "create one with `datom set_params`");
+        none(&mut out, "create one with `datom create_node`");
     } else {
         let rows: Vec<Vec<(String, String)>> = s
             .redundancy
@@ -422,7 +422,7 @@ mod tests {
             "g      7     n1",
             "n1:LEADER",
             "none (apply one with `datom service apply`)",
-            "none (create one with `datom set_params`)",
+            "none (create one with `datom create_node`)",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
