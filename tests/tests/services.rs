@@ -240,3 +240,29 @@ async fn t08_bad_specs_name_the_line_and_field_and_change_nothing() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn t09_group_subscribers_hear_of_the_groups_instances() {
+    let c = Cluster::start("svc-group-sub", &["n1"]).await;
+    let cache = datom_common::cache::ConnectionCache::start(c.coord.clone());
+    cache.wait_synced().await;
+    let mut sub = cache.subscribe(datom_common::cache::PeerFilter::Group { group: "frontend".into() });
+    assert!(c.apply(&process_spec("web", &[], "group = \"frontend\"")).status.success());
+    assert!(c.apply(&process_spec("other", &[], "group = \"backend\"")).status.success());
+    assert!(c.datom(&["startservice", "other", "--node", "n1"]).status.success());
+    assert!(c.datom(&["startservice", "web", "--node", "n1"]).status.success());
+    let ev = tokio::time::timeout(T, sub.next()).await.expect("an event").expect("stream open");
+    assert_eq!(ev.peer(), &datom_common::cache::Peer::service_instance("web", "n1"), "{ev:?}");
+    assert!(c.datom(&["stopservice", "web", "--node", "n1"]).status.success());
+    let down = tokio::time::timeout(T, async {
+        loop {
+            if let Some(e @ datom_common::cache::PeerEvent::Down { .. }) = sub.next().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a Down event");
+    assert_eq!(down.peer(), &datom_common::cache::Peer::service_instance("web", "n1"));
+    cache.close();
+}

@@ -479,8 +479,12 @@ impl ConnectionCache {
     pub fn subscribe(&self, filter: PeerFilter) -> PeerStream {
         let st = self.inner.lock();
         let rx = st.events.as_ref().map(|tx| tx.subscribe());
-        let now: Registry =
-            st.registry.iter().filter(|(p, _)| filter.matches(p)).map(|(p, i)| (p.clone(), i.clone())).collect();
+        let now: Registry = st
+            .registry
+            .iter()
+            .filter(|(p, i)| filter.matches_registration(p, i))
+            .map(|(p, i)| (p.clone(), i.clone()))
+            .collect();
         drop(st);
         let mut view = Registry::new();
         let pending = replace(&mut view, now).into();
@@ -543,7 +547,7 @@ impl PeerStream {
             let rx = self.rx.as_mut()?;
             match rx.recv().await {
                 Ok(ev) => {
-                    if self.filter.matches(ev.peer()) {
+                    if self.filter.matches_event(&ev) {
                         apply(&mut self.view, ev.peer(), ev.info().cloned());
                         return Some(ev);
                     }
@@ -557,7 +561,7 @@ impl PeerStream {
                     let now: Registry = st
                         .registry
                         .iter()
-                        .filter(|(p, _)| self.filter.matches(p))
+                        .filter(|(p, i)| self.filter.matches_registration(p, i))
                         .map(|(p, i)| (p.clone(), i.clone()))
                         .collect();
                     drop(st);

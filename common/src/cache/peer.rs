@@ -261,6 +261,31 @@ impl PeerFilter {
             _ => false,
         }
     }
+
+    /// Whether a registration passes: as [`PeerFilter::matches`], plus service instances that
+    /// belong to the group (seed 000's service groups: their instance records name the group).
+    pub fn matches_registration(&self, peer: &Peer, info: &PeerInfo) -> bool {
+        if self.matches(peer) {
+            return true;
+        }
+        match (self, peer) {
+            (PeerFilter::Group { group }, Peer::ServiceInstance { .. }) => {
+                info.record.get("group").and_then(|g| g.as_str()) == Some(group.as_str())
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an event passes (a service instance joining or leaving the group counts).
+    pub fn matches_event(&self, ev: &PeerEvent) -> bool {
+        match ev {
+            PeerEvent::Up { peer, info } => self.matches_registration(peer, info),
+            PeerEvent::Changed { peer, info, previous } => {
+                self.matches_registration(peer, info) || self.matches_registration(peer, previous)
+            }
+            PeerEvent::Down { peer, last } => self.matches_registration(peer, last),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -390,6 +415,13 @@ mod tests {
         assert_eq!(pick(PeerFilter::Group { group: "vol".into() }), 1);
         assert_eq!(pick(PeerFilter::ConfigService), 1);
         assert!(!PeerFilter::Group { group: "other".into() }.matches(&g));
+        // Service instances belong to the group their record names.
+        let inst = Peer::service_instance("web", "n1");
+        let mut i = info("127.0.0.1:1", 0);
+        i.record = serde_json::json!({"address": "127.0.0.1:1", "group": "vol"});
+        assert!(PeerFilter::Group { group: "vol".into() }.matches_registration(&inst, &i));
+        assert!(!PeerFilter::Group { group: "other".into() }.matches_registration(&inst, &i));
+        assert!(PeerFilter::Group { group: "vol".into() }.matches_event(&PeerEvent::Down { peer: inst, last: i }));
     }
 
     #[test]
