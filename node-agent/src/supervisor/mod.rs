@@ -27,6 +27,16 @@ use plan::{Action, Observed, Target};
 use process::Layout;
 use runtime::{Cmd, Ctx, RuntimeHandle};
 
+/// The desired records directly under `root` in the cache, by service.
+fn desired_records(cache: &datom_common::coord::watch::TreeCache, root: &str) -> BTreeMap<String, DesiredRecord> {
+    cache
+        .snapshot()
+        .into_iter()
+        .filter(|(p, _)| paths::parent(p) == root)
+        .filter_map(|(p, n)| decode::<DesiredRecord>(&p, &n.data).ok().map(|d| (paths::basename(&p).to_string(), d)))
+        .collect()
+}
+
 /// Stops processes left by a previous agent whose pid file matches a live process but whose
 /// desired state here is no longer `in_service`.
 fn stop_orphans(layout: &Layout, desired: &BTreeMap<String, DesiredRecord>) {
@@ -105,14 +115,7 @@ impl Supervisor {
         // state is no longer in_service — typically moved away by failover meanwhile — is stopped
         // now; copies still wanted here are adopted by their runtimes below.
         {
-            let desired_now: BTreeMap<String, DesiredRecord> = desired_cache
-                .snapshot()
-                .into_iter()
-                .filter(|(p, _)| paths::parent(p) == desired_root)
-                .filter_map(|(p, n)| {
-                    decode::<DesiredRecord>(&p, &n.data).ok().map(|d| (paths::basename(&p).to_string(), d))
-                })
-                .collect();
+            let desired_now = desired_records(&desired_cache, &desired_root);
             stop_orphans(&ctx.layout, &desired_now);
         }
         let mut last_waiting = BTreeSet::new();
@@ -120,14 +123,7 @@ impl Supervisor {
         // not when the runtime gets round to it, or it would issue it twice.
         let mut sent: BTreeMap<String, Target> = BTreeMap::new();
         loop {
-            let desired: BTreeMap<String, DesiredRecord> = desired_cache
-                .snapshot()
-                .into_iter()
-                .filter(|(p, _)| paths::parent(p) == desired_root)
-                .filter_map(|(p, n)| {
-                    decode::<DesiredRecord>(&p, &n.data).ok().map(|d| (paths::basename(&p).to_string(), d))
-                })
-                .collect();
+            let desired = desired_records(&desired_cache, &desired_root);
             let specs: BTreeMap<String, ServiceSpec> = specs_cache
                 .snapshot()
                 .into_iter()
