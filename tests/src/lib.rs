@@ -379,3 +379,21 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     }
     out
 }
+
+/// Bytes received but not yet read by the process listening on loopback `port`, summed over
+/// its established connections (`/proc/net/tcp` rx_queue): lets a test wait until a request
+/// has reached a paused server.
+pub fn tcp_rx_queued(port: u16) -> u64 {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return 0 };
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // f[1] local address, f[3] state (01 = established), f[4] tx_queue:rx_queue
+            (f.len() > 4 && f[1].ends_with(&local) && f[3] == "01")
+                .then(|| f[4].split(':').nth(1).and_then(|rx| u64::from_str_radix(rx, 16).ok()).unwrap_or(0))
+        })
+        .sum()
+}

@@ -633,8 +633,10 @@ async fn c07_consistency_random_registry_changes_while_ensemble_members_die_and_
     }
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer_task = {
         let (stop, universe, writers, conn) = (stop.clone(), universe.clone(), writers.clone(), conn.clone());
+        let done = done.clone();
         tokio::spawn(async move {
             let mut rng = Rng(seed);
             let mut ops = 0u64;
@@ -655,6 +657,7 @@ async fn c07_consistency_random_registry_changes_while_ensemble_members_die_and_
                 };
                 let _ = res;
                 ops += 1;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             ops
@@ -666,10 +669,21 @@ async fn c07_consistency_random_registry_changes_while_ensemble_members_die_and_
     // member in turn, so every cache loses its server at least once.
     let victims = [None, Some(0), Some(1), Some(2)];
     for victim in victims {
-        ens = tokio::task::spawn_blocking(move || {
+        let (back, victim) = tokio::task::spawn_blocking(move || {
             let victim = victim.or_else(|| ens.leader()).unwrap_or(0);
             ens.member(victim).kill();
-            std::thread::sleep(Duration::from_millis(1000)); // chaos pacing, not synchronisation
+            (ens, victim)
+        })
+        .await
+        .unwrap();
+        // Let the registry change while the member is down.
+        let base = done.load(std::sync::atomic::Ordering::Relaxed);
+        wait_for("registry changes while a member is down", Duration::from_secs(30), || async {
+            (done.load(std::sync::atomic::Ordering::Relaxed) >= base + 25).then_some(())
+        })
+        .await;
+        ens = tokio::task::spawn_blocking(move || {
+            let mut ens = back;
             ens.member(victim).restart().expect("member rejoins");
             ens
         })

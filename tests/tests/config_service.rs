@@ -176,7 +176,12 @@ async fn t06_paused_active_accepts_no_mutations_once_it_lost_the_lock() {
     // Send a mutation to the paused old active, then wake it: it must refuse.
     let req = AddNodeRequest { name: "split-brain".into(), hardware: fake_hw("m9"), services: vec![] };
     let call = tokio::spawn(async move { client.add_node(ctx(Duration::from_secs(10)), req, None).await });
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the request reach A's socket buffer
+    // The request is queued in the paused process's socket before it wakes.
+    let port: u16 = a_addr.rsplit(':').next().unwrap().parse().unwrap();
+    wait_for("the request queued in A's socket", Duration::from_secs(10), || async {
+        (datom_tests::tcp_rx_queued(port) > 0).then_some(())
+    })
+    .await;
     a.signal(Signal::SIGCONT);
     let res = call.await.unwrap();
     match res {
