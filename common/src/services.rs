@@ -67,6 +67,12 @@ pub async fn load_spec(coord: &Coord, name: &str) -> Result<ServiceSpec, Service
         .ok_or_else(|| ServiceError::NoSuchService(name.to_string()))
 }
 
+/// The spec named `name` among `specs` (loaded once by the caller), or NoSuchService.
+fn spec_in<'a>(specs: &'a BTreeMap<String, ServiceSpec>, name: &str) -> Result<&'a ServiceSpec, ServiceError> {
+    names::validate(NameKind::Service, name)?;
+    specs.get(name).ok_or_else(|| ServiceError::NoSuchService(name.to_string()))
+}
+
 /// Checks that adding `spec` to `specs` leaves no unknown dependency and no cycle.
 pub fn check_graph(specs: &BTreeMap<String, ServiceSpec>, spec: &ServiceSpec) -> Result<(), ServiceError> {
     let mut all = specs.clone();
@@ -126,25 +132,29 @@ pub async fn apply(coord: &Coord, spec: &ServiceSpec) -> Result<Applied, Service
 
 /// Deletes a service spec; refused while other services depend on it or it is desired anywhere.
 pub async fn delete(coord: &Coord, name: &str) -> Result<(), ServiceError> {
-    let spec = load_spec(coord, name).await?;
     let specs = load_specs(coord).await?;
+    let spec = spec_in(&specs, name)?;
     let dependents = DependencyGraph::new(specs.values()).dependents(&spec.name);
     if !dependents.is_empty() {
         return Err(ServiceError::Invalid(format!(
             "services {dependents:?} depend on {name:?}; delete or change them first"
         )));
     }
+    let mut stale = Vec::new();
     for node in coord.children(paths::NODES).await? {
-        if let Some(d) = coord.get::<DesiredRecord>(&paths::node_service(&node, name)).await?
-            && d.value.op == Operation::InService
-        {
-            return Err(ServiceError::Invalid(format!(
-                "{name:?} is started on node {node:?}; stop it first with `datom stopservice {name} --node {node}`"
-            )));
+        let path = paths::node_service(&node, name);
+        match coord.get::<DesiredRecord>(&path).await? {
+            Some(d) if d.value.op == Operation::InService => {
+                return Err(ServiceError::Invalid(format!(
+                    "{name:?} is started on node {node:?}; stop it first with `datom stopservice {name} --node {node}`"
+                )));
+            }
+            Some(_) => stale.push(path),
+            None => {}
         }
     }
-    for node in coord.children(paths::NODES).await? {
-        coord.delete_if_exists(&paths::node_service(&node, name)).await?;
+    for path in stale {
+        coord.delete_if_exists(&path).await?;
     }
     coord.delete_recursive(&paths::service(name)).await?;
     Ok(())
@@ -214,9 +224,9 @@ pub async fn write_desired(
 /// `startservice`: `svc` and its dependencies (dependencies first) go in service on `node`.
 /// Returns the services written, in start order.
 pub async fn start(coord: &Coord, svc: &str, node: &str, reason: &str) -> Result<Vec<String>, ServiceError> {
-    let spec = load_spec(coord, svc).await?;
-    require_node(coord, node).await?;
     let specs = load_specs(coord).await?;
+    let spec = spec_in(&specs, svc)?;
+    require_node(coord, node).await?;
     let order = DependencyGraph::new(specs.values()).with_dependencies(&spec.name);
     for s in &order {
         let sp =
@@ -240,9 +250,9 @@ pub async fn stop(
     force: bool,
     reason: &str,
 ) -> Result<Vec<String>, ServiceError> {
-    load_spec(coord, svc).await?;
-    require_node(coord, node).await?;
     let specs = load_specs(coord).await?;
+    spec_in(&specs, svc)?;
+    require_node(coord, node).await?;
     let mut order = Vec::new();
     for s in DependencyGraph::new(specs.values()).with_dependents(svc) {
         let desired = coord.get::<DesiredRecord>(&paths::node_service(node, &s)).await?;

@@ -37,6 +37,8 @@ pub const MAX_EVENTS: usize = 500;
 pub struct Master {
     coord: Coord,
     leadership: Leadership,
+    /// `/datom/events` is known to exist (created once, never deleted by datom).
+    events_ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn children<'a>(tree: &'a BTreeMap<String, NodeData>, parent: &str) -> Vec<(&'a str, &'a NodeData)> {
@@ -110,6 +112,27 @@ pub fn collect(tree: &BTreeMap<String, NodeData>) -> (MasterView, BTreeMap<Strin
     (view, versions)
 }
 
+/// Whether a change to `/datom` can alter the master's decisions. Not: a refresh of a live
+/// node's load (agents rewrite it every few seconds), the config service's lock and instance
+/// records, or the transitions the master itself records. A resync always can.
+fn affects_decisions(ev: &datom_common::coord::watch::TreeEvent, live: &BTreeSet<String>) -> bool {
+    use datom_common::coord::watch::TreeEvent;
+    let under = |p: &str, root: &str| p == root || p.starts_with(&format!("{root}/"));
+    match ev {
+        TreeEvent::Synced => true,
+        TreeEvent::Upsert { path, .. } | TreeEvent::Removed { path } => {
+            if under(path, paths::EVENTS) || under(path, paths::CONFIG_SERVICE) {
+                return false;
+            }
+            // A live node's record rewritten (load): not a join or a death.
+            let refresh = matches!(ev, TreeEvent::Upsert { .. })
+                && paths::basename(path) == "live"
+                && live.contains(paths::basename(paths::parent(path)));
+            !refresh
+        }
+    }
+}
+
 /// The strategy named in the cluster record.
 pub fn strategy_for(tree: &BTreeMap<String, NodeData>) -> Box<dyn PlacementStrategy> {
     let cluster: Option<ClusterRecord> = tree.get(paths::ROOT).and_then(|n| decode(paths::ROOT, &n.data).ok());
@@ -119,7 +142,7 @@ pub fn strategy_for(tree: &BTreeMap<String, NodeData>) -> Box<dyn PlacementStrat
 impl Master {
     /// A master acting while `leadership` is active.
     pub fn new(coord: Coord, leadership: Leadership) -> Master {
-        Master { coord, leadership }
+        Master { coord, leadership, events_ready: Default::default() }
     }
 
     /// Evaluates and applies transitions whenever `/datom` changes, while active.
@@ -172,20 +195,43 @@ impl Master {
             } else {
                 prev_live = None;
             }
-            tokio::select! {
-                r = events.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                r = role.changed() => if r.is_err() { return },
-                _ = stop.wait_for(|s| *s) => return,
+            // Wait for a change that can alter a decision; agents' periodic load refreshes, the
+            // config service's own lock and the transitions we record cannot.
+            let live_now = prev_live.clone().unwrap_or_default();
+            loop {
+                use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+                let first = tokio::select! {
+                    r = events.recv() => match r {
+                        Ok(ev) => Some(ev),
+                        Err(RecvError::Lagged(_)) => None,
+                        Err(RecvError::Closed) => return,
+                    },
+                    r = role.changed() => if r.is_err() { return } else { None },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                // Fold a burst of changes into one evaluation.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let mut relevant = first.as_ref().is_none_or(|ev| affects_decisions(ev, &live_now));
+                loop {
+                    match events.try_recv() {
+                        Ok(ev) => relevant |= affects_decisions(&ev, &live_now),
+                        Err(TryRecvError::Lagged(_)) => relevant = true,
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+                if relevant {
+                    break;
+                }
             }
-            // Fold a burst of changes into one evaluation.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            while events.try_recv().is_ok() {}
         }
     }
 
     /// Applies a transition as one fenced multi-op and records it.
     async fn apply(&self, t: &Transition, view: &MasterView, versions: &BTreeMap<String, i32>) -> Result<(), Fenced> {
-        self.coord.ensure_path(paths::EVENTS).await.map_err(Fenced::Coord)?;
+        if !self.events_ready.load(std::sync::atomic::Ordering::Relaxed) {
+            self.coord.ensure_path(paths::EVENTS).await.map_err(Fenced::Coord)?;
+            self.events_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         for d in &t.decisions {
             self.coord.ensure_path(&paths::node_services(&d.to)).await.map_err(Fenced::Coord)?;
         }
@@ -282,7 +328,16 @@ impl Master {
     }
 
     async fn fresh_view(&self) -> Result<(MasterView, BTreeMap<String, i32>, Box<dyn PlacementStrategy>), ConfigError> {
-        let tree = self.coord.list_tree(paths::ROOT).await?;
+        // Only what decisions read: the cluster record, nodes and services (not the recorded
+        // transitions or the config service's lock).
+        let mut tree = self.coord.list_tree(paths::NODES).await?;
+        tree.extend(self.coord.list_tree(paths::SERVICES).await?);
+        if let Some((data, stat)) = self.coord.get_raw(paths::ROOT).await? {
+            tree.insert(
+                paths::ROOT.to_string(),
+                NodeData { data, version: stat.version, ephemeral_owner: stat.ephemeral_owner },
+            );
+        }
         let (view, versions) = collect(&tree);
         Ok((view, versions, strategy_for(&tree)))
     }
@@ -529,5 +584,28 @@ fn trigger_text(t: &Trigger) -> String {
         Trigger::NodeJoined { node } => format!("node {node} joined"),
         Trigger::Move { service, to } => format!("move {service} to {to}"),
         Trigger::Drain { node } => format!("drain {node}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datom_common::coord::watch::TreeEvent;
+
+    fn upsert(path: &str) -> TreeEvent {
+        TreeEvent::Upsert { path: path.into(), node: NodeData { data: vec![], version: 1, ephemeral_owner: 0 } }
+    }
+
+    #[test]
+    fn load_refreshes_and_own_records_do_not_trigger_evaluations() {
+        let live = BTreeSet::from(["n1".to_string()]);
+        assert!(!affects_decisions(&upsert(&paths::node_live("n1")), &live), "load refresh");
+        assert!(affects_decisions(&upsert(&paths::node_live("n2")), &live), "a join");
+        assert!(affects_decisions(&TreeEvent::Removed { path: paths::node_live("n1") }, &live), "a death");
+        assert!(!affects_decisions(&upsert("/datom/events/ev-0000000001"), &live));
+        assert!(!affects_decisions(&upsert(paths::CONFIG_SERVICE_INSTANCE), &live));
+        assert!(affects_decisions(&upsert(&paths::node_service("n1", "web")), &live));
+        assert!(affects_decisions(&upsert(&paths::service_instance("web", "n1")), &live));
+        assert!(affects_decisions(&TreeEvent::Synced, &live));
     }
 }
