@@ -179,27 +179,36 @@ pub fn ctx(timeout: Duration) -> tarpc::context::Context {
 #[macro_export]
 macro_rules! serve_tcp {
     ($listener:expr, $service:expr, $shutdown:expr) => {{
-        use $crate::rpc::__reexport::{Channel as _, StreamExt as _};
-        let service = $service;
-        let shutdown = $shutdown;
+        use $crate::rpc::__reexport::StreamExt as _;
         match $crate::rpc::__reexport::listen_on($listener).await {
             Err(e) => ::tracing::error!(error = %e, "cannot serve RPC"),
             Ok(incoming) => {
-                let accept = incoming
-                    .filter_map(|r| async move { r.ok() })
-                    .for_each(move |transport| {
-                        let service = service.clone();
-                        let channel = $crate::rpc::__reexport::BaseChannel::with_defaults(transport);
-                        ::tokio::spawn(channel.execute(service).for_each(|fut| async {
-                            ::tokio::spawn(fut);
-                        }));
-                        async {}
-                    });
-                ::tokio::select! {
-                    _ = accept => {}
-                    _ = shutdown => {}
-                }
+                $crate::serve_transports!(incoming.filter_map(|r| async move { r.ok() }), $service, $shutdown)
             }
+        }
+    }};
+}
+
+/// Serves a tarpc service on a stream of transports until `shutdown` resolves: one task per
+/// connection, one per request. The shared body of [`serve_tcp!`] and `serve_tls!`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! serve_transports {
+    ($transports:expr, $service:expr, $shutdown:expr) => {{
+        use $crate::rpc::__reexport::{Channel as _, StreamExt as _};
+        let service = $service;
+        let shutdown = $shutdown;
+        let accept = $transports.for_each(move |transport| {
+            let service = service.clone();
+            let channel = $crate::rpc::__reexport::BaseChannel::with_defaults(transport);
+            ::tokio::spawn(channel.execute(service).for_each(|fut| async {
+                ::tokio::spawn(fut);
+            }));
+            async {}
+        });
+        ::tokio::select! {
+            _ = accept => {}
+            _ = shutdown => {}
         }
     }};
 }

@@ -168,21 +168,5 @@ pub async fn dial_config_service(
 /// `serve_tls!(listener, server_config, MyServer { .. }.serve(), shutdown_future)`
 #[macro_export]
 macro_rules! serve_tls {
-    ($listener:expr, $tls:expr, $service:expr, $shutdown:expr) => {{
-        use $crate::rpc::__reexport::{Channel as _, StreamExt as _};
-        let service = $service;
-        let shutdown = $shutdown;
-        let accept = $crate::tls::incoming($listener, $tls).for_each(move |transport| {
-            let service = service.clone();
-            let channel = $crate::rpc::__reexport::BaseChannel::with_defaults(transport);
-            ::tokio::spawn(channel.execute(service).for_each(|fut| async {
-                ::tokio::spawn(fut);
-            }));
-            async {}
-        });
-        ::tokio::select! {
-            _ = accept => {}
-            _ = shutdown => {}
-        }
-    }};
+    ($listener:expr, $tls:expr, $service:expr, $shutdown:expr) => {{ $crate::serve_transports!($crate::tls::incoming($listener, $tls), $service, $shutdown) }};
 }
