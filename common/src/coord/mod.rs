@@ -567,8 +567,14 @@ impl Coord {
     /// Note: ZooKeeper 3.8.0 returns an invalid Stat for a create inside multi, so this returns
     /// nothing about created nodes; re-read them if their version matters.
     pub async fn multi(&self, ops: &[Op]) -> CoordResult<()> {
+        self.multi_created(ops).await.map(|_| ())
+    }
+
+    /// [`Coord::multi`], returning the paths of the znodes its creates made, in op order (the
+    /// names sequential creates chose).
+    pub async fn multi_created(&self, ops: &[Op]) -> CoordResult<Vec<String>> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let client = self.client().await?;
         let acls = self.acls();
@@ -603,7 +609,13 @@ impl Coord {
         let timeout = self.shared.config.op_timeout;
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, writer.commit()).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(results)) => Ok(results
+                .into_iter()
+                .filter_map(|r| match r {
+                    zk::MultiWriteResult::Create { path, .. } => Some(path),
+                    _ => None,
+                })
+                .collect()),
             Ok(Err(zk::MultiWriteError::OperationFailed { index, source })) => {
                 let op = &ops[index.min(ops.len() - 1)];
                 Err(CoordError::from_zk("multi", op.path(), source, op.version()))
