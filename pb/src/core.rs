@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clients::PeerClients;
 use crate::journal::Journal;
-use crate::log::{AppendCheck, check_append, next_after_mismatch, quorum_commit};
+use crate::log::{AppendCheck, check_append, choose_successor, next_after_mismatch, quorum_commit};
 use crate::rpc::{
     AppendRequest, AppendResponse, BecomeLeaderRequest, GroupInfo, GroupInfoResponse, PbError, PeerEndpoint,
     PrepareRequest, PrepareResponse,
@@ -107,6 +107,8 @@ struct Inner {
     waiters: BTreeMap<u64, Waiter>,
     peers: BTreeMap<MemberId, String>,
     state: MemberState,
+    /// A graceful hand-off is under way: the leader acknowledges nothing more.
+    stepping_down: bool,
 }
 
 /// A snapshot of the core for status records.
@@ -285,6 +287,7 @@ impl<S: Replica> Core<S> {
                 waiters: BTreeMap::new(),
                 peers: BTreeMap::new(),
                 state: MemberState::FollowerWaitToJoinGroup,
+                stepping_down: false,
             }),
             last_tx: watch::channel(last.index).0,
             confirm_tx: watch::channel(0).0,
@@ -457,6 +460,7 @@ impl<S: Replica> Core<S> {
             g.leading = Some(Leading { term, noop, progress, seq: 0, stop, functional_reported: usize::MAX });
             g.following = None;
             g.acking = false;
+            g.stepping_down = false;
             tracing::info!(group = self.cfg.group, term, noop, "leading: appended the term's no-op");
         }
         self.last_tx.send_modify(|v| *v += 1);
@@ -479,6 +483,40 @@ impl<S: Replica> Core<S> {
         }
     }
 
+    /// Graceful stop of the leader of `term`: acknowledges nothing more (pending writes fail
+    /// with "stepped down", their outcome unknown), then waits up to `wait` for a functional
+    /// follower whose journal has everything ours has, and names it. Replication keeps running
+    /// meanwhile, so in-flight entries reach it. `None` when no follower caught up in time or
+    /// we no longer lead `term`.
+    pub async fn hand_off_successor(&self, term: u64, wait: Duration) -> Option<MemberId> {
+        {
+            let mut g = self.inner.lock().unwrap();
+            if g.leading.as_ref().is_none_or(|l| l.term != term) {
+                return None;
+            }
+            g.stepping_down = true;
+            g.acking = false;
+            fail_all(&mut g.waiters, &PbError::SteppedDown { term });
+        }
+        let mut progress = self.progress_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            {
+                let g = self.inner.lock().unwrap();
+                let l = g.leading.as_ref().filter(|l| l.term == term && g.promised == term)?;
+                let last = self.journal.last().index;
+                let successor = choose_successor(last, l.progress.iter().map(|(m, p)| (m, p.matched, p.functional)));
+                if successor.is_some() {
+                    return successor;
+                }
+            }
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// Whether the leader acknowledges writes (LEADER_FUNCTIONAL and connected). Turning it
     /// off fails every pending write at once.
     pub fn set_acking(&self, acking: bool) {
@@ -496,7 +534,7 @@ impl<S: Replica> Core<S> {
                 leader: g.following.as_ref().map(|f| f.leader.clone()),
                 term: g.following.as_ref().map(|f| f.term).unwrap_or(g.promised),
             },
-            Some(l) if g.promised != l.term => PbError::SteppedDown { term: l.term },
+            Some(l) if g.promised != l.term || g.stepping_down => PbError::SteppedDown { term: l.term },
             Some(_) if !self.session_connected() => PbError::Suspended,
             Some(l) => PbError::WaitingForQuorum {
                 functional: self.functional_count(l),
@@ -669,7 +707,11 @@ impl<S: Replica> Core<S> {
         let mut last_rx = self.last_tx.subscribe();
         let mut confirm_rx = self.confirm_tx.subscribe();
         let mut backoff = Duration::from_millis(20);
-        let mut joined = false;
+        // The first append doubles as group info (it carries the term, the leader and the
+        // commit point, and a member that lacks the previous entry answers with its position),
+        // which saves a round trip when a leader takes over members that are in step with it,
+        // as after a hand-off. Group info proper goes to members that failed or refused.
+        let mut joined = true;
         let timeout = self.cfg.peer_timeout;
         let ctx = || datom_common::rpc::ctx(timeout);
         loop {
@@ -970,7 +1012,10 @@ impl<S: Replica> Core<S> {
                     }
                     g.state
                 };
-                if state == MemberState::FollowerSyncing && matched >= req.leader_last {
+                // The machine may not have moved to SYNCING yet when the first append (which
+                // doubles as group info) lands; it ignores Synced outside SYNCING, and the
+                // GroupInfo emitted by `follow` above is ahead of this in the event queue.
+                if state != MemberState::FollowerFunctional && matched >= req.leader_last {
                     self.emit(Event::Synced { term: req.term });
                 }
                 Ok(AppendResponse::Ok { matched })
@@ -992,11 +1037,19 @@ impl<S: Replica> PeerEndpoint for Core<S> {
 
     fn become_leader(&self, req: BecomeLeaderRequest) -> BoxFuture<'_, Result<bool, PbError>> {
         Box::pin(async move {
+            // Serialised with appends: once promised, no append of an older term gets in.
+            let _serial = self.append_lock.lock().await;
             if req.term < self.promised() {
                 return Ok(false);
             }
+            // The winner of an election promised the term already; a hand-off's successor
+            // promises it here, before it leads.
+            if self.promise(req.term).await? {
+                self.inner.lock().unwrap().following = None;
+            }
+            self.flush_journal().await;
             tracing::info!(group = self.cfg.group, term = req.term, elector = req.elector, "asked to become leader");
-            self.emit(Event::BecomeLeader { term: req.term });
+            self.emit(Event::BecomeLeader { term: req.term, version: req.version, elector: req.elector.clone() });
             Ok(true)
         })
     }

@@ -46,6 +46,9 @@ pub struct Timings {
     pub max_batch: usize,
     /// How often lag and positions are republished when they change.
     pub publish_interval: Duration,
+    /// On a graceful stop, how long the leader waits for a follower to catch up before it
+    /// leaves without handing off (the others then elect after its lock is released).
+    pub hand_off_wait: Duration,
 }
 
 impl Default for Timings {
@@ -60,6 +63,7 @@ impl Default for Timings {
             dial_timeout: Duration::from_millis(1000),
             max_batch: 2048,
             publish_interval: Duration::from_millis(500),
+            hand_off_wait: Duration::from_millis(500),
         }
     }
 }
@@ -336,14 +340,16 @@ impl<S: Replica> Driver<S> {
                 _ = publish_tick.tick() => self.publish_if_changed(),
             }
         }
-        // Graceful stop: stop leading, then free the lock before the registration goes, so the
-        // members that react to the registration's deletion find the lock free.
+        // Graceful stop: a functional leader first hands off to a caught-up follower; then stop
+        // leading, and free the lock before the registration goes, so the members that react to
+        // the registration's deletion find the lock free.
         let acts = self.machine.handle(Event::Stop);
         for a in acts {
-            if a == Action::ReleaseLock {
-                continue;
+            match a {
+                Action::ReleaseLock => continue,
+                Action::HandOff { term, version } => self.hand_off(term, version).await,
+                a => self.execute(a, &lock_tx),
             }
-            self.execute(a, &lock_tx);
         }
         self.lock_gen.fetch_add(1, Ordering::SeqCst);
         let node = self.lock_node.lock().unwrap().take();
@@ -419,7 +425,18 @@ impl<S: Replica> Driver<S> {
     fn execute(&mut self, action: Action, lock_tx: &mpsc::UnboundedSender<u64>) {
         tracing::debug!(group = self.cfg.group, ?action, "action");
         match action {
-            Action::AcquireLock => self.acquire_lock(lock_tx),
+            Action::AcquireLock => self.acquire_lock(lock_tx, None),
+            Action::ClaimLeadership { term, version, elector } => {
+                let record = TermRecord {
+                    schema: 1,
+                    term,
+                    status: TermStatus::Leading,
+                    elector: Some(elector),
+                    leader: Some(self.cfg.me.clone()),
+                    updated_at: Utc::now(),
+                };
+                self.acquire_lock(lock_tx, Some((record, version)))
+            }
             Action::ReleaseLock => self.release_lock(),
             Action::WriteTerm { precondition, term, status, leader } => {
                 let coord = self.coord.clone();
@@ -474,23 +491,12 @@ impl<S: Replica> Driver<S> {
                     });
                 }
             }
-            Action::SendBecomeLeader { term, to } => {
-                let clients = self.core_clients();
-                let req = BecomeLeaderRequest { group: self.cfg.group.clone(), term, elector: self.cfg.me.clone() };
-                let timeout = self.cfg.timings.prepare_timeout;
+            Action::SendBecomeLeader { term, to, version } => {
                 tracing::info!(group = self.cfg.group, term, leader = to, "elected; asking the winner to lead");
-                tokio::spawn(async move {
-                    if let Ok(c) = clients.client(&to).await {
-                        let r =
-                            tokio::time::timeout(timeout, c.become_leader(datom_common::rpc::ctx(timeout), req)).await;
-                        if !matches!(r, Ok(Ok(Ok(true)))) {
-                            tracing::warn!(
-                                leader = to,
-                                "the elected leader did not accept; it has a timeout to appear"
-                            );
-                        }
-                    }
-                });
+                tokio::spawn(self.send_become_leader(term, to, version));
+            }
+            Action::HandOff { .. } => {
+                tracing::warn!(group = self.cfg.group, "a hand-off is only carried out on a graceful stop");
             }
             Action::StartLeading { term } => {
                 if let Err(e) = self.core.start_leading(term) {
@@ -519,12 +525,71 @@ impl<S: Replica> Driver<S> {
         }
     }
 
+    /// "Become leader for `term`" to `to`; it has `leader_appear` to take charge either way.
+    fn send_become_leader(&self, term: u64, to: MemberId, version: Option<i32>) -> impl Future<Output = ()> + use<S> {
+        let clients = self.core_clients();
+        let req = BecomeLeaderRequest { group: self.cfg.group.clone(), term, elector: self.cfg.me.clone(), version };
+        let timeout = self.cfg.timings.prepare_timeout;
+        async move {
+            let r = match clients.client(&to).await {
+                Ok(c) => tokio::time::timeout(timeout, c.become_leader(datom_common::rpc::ctx(timeout), req)).await,
+                Err(e) => {
+                    tracing::warn!(
+                        leader = to,
+                        error = e,
+                        "cannot reach the elected leader; it has a timeout to appear"
+                    );
+                    return;
+                }
+            };
+            if !matches!(r, Ok(Ok(Ok(true)))) {
+                tracing::warn!(leader = to, "the elected leader did not accept; it has a timeout to appear");
+            }
+        }
+    }
+
+    /// Carries out [`Action::HandOff`]: see there. Writes `elected <successor>` for `term` and
+    /// deletes our lock contender in one multi-op (so the successor finds the lock free), then
+    /// asks the successor to lead, with the record's new version.
+    async fn hand_off(&mut self, term: u64, version: i32) {
+        let Some(successor) = self.core.hand_off_successor(term - 1, self.cfg.timings.hand_off_wait).await else {
+            tracing::info!(group = self.cfg.group, "no follower caught up in time: leaving the election to the others");
+            return;
+        };
+        let Some(lock_node) = self.lock_node.lock().unwrap().clone() else { return };
+        let path = paths::group_term(&self.cfg.group);
+        let record = TermRecord {
+            schema: 1,
+            term,
+            status: TermStatus::Elected,
+            elector: Some(self.cfg.me.clone()),
+            leader: Some(successor.clone()),
+            updated_at: Utc::now(),
+        };
+        let Ok(data) = coord::encode(&path, &record) else { return };
+        let ops = [
+            coord::Op::Set { path, data, version: Some(version) },
+            coord::Op::Delete { path: lock_node.clone(), version: None },
+        ];
+        if let Err(e) = self.coord.multi(&ops).await {
+            tracing::info!(group = self.cfg.group, error = %e, "hand-off not recorded: leaving the election to the others");
+            return;
+        }
+        // The lock is released: the stop path must not delete a node that is gone.
+        self.lock_gen.fetch_add(1, Ordering::SeqCst);
+        self.lock_node.lock().unwrap().take();
+        tracing::info!(group = self.cfg.group, term, successor, "handing leadership off");
+        self.send_become_leader(term, successor, Some(version + 1)).await;
+    }
+
     fn core_clients(&self) -> Arc<dyn PeerClients> {
         self.core.clients()
     }
 
-    /// Queues for the lock: an ephemeral sequential contender; the lowest holds the lock.
-    fn acquire_lock(&mut self, lock_tx: &mpsc::UnboundedSender<u64>) {
+    /// Queues for the lock: an ephemeral sequential contender; the lowest holds the lock. With a
+    /// claim `(record, version)`, the contender is created in one multi-op with the version-
+    /// checked write of `record`, answered with [`Event::TermWritten`] before the lock is.
+    fn acquire_lock(&mut self, lock_tx: &mpsc::UnboundedSender<u64>, claim: Option<(TermRecord, i32)>) {
         let generation = self.lock_gen.fetch_add(1, Ordering::SeqCst) + 1;
         let coord = self.coord.clone();
         let dir = paths::group_lock(&self.cfg.group);
@@ -534,6 +599,8 @@ impl<S: Replica> Driver<S> {
         let tx = lock_tx.clone();
         let cache = self.cache.clone();
         let term = self.machine.term();
+        let ev_tx = self.ev_tx.clone();
+        let term_path = paths::group_term(&self.cfg.group);
         // A previous contender of ours (same session) is replaced.
         if let Some(old) = node_slot.lock().unwrap().take() {
             let c = coord.clone();
@@ -546,15 +613,33 @@ impl<S: Replica> Driver<S> {
             }))
             .expect("serialises");
             let prefix = format!("{dir}/{me}-");
-            let node = loop {
-                if gen_now.load(Ordering::SeqCst) != generation {
-                    return;
+            let node = if let Some((record, version)) = claim {
+                match claim_leadership(&coord, &prefix, &data, &term_path, &record, version).await {
+                    Ok(node) => {
+                        let _ = ev_tx.send(Event::TermWritten {
+                            ok: true,
+                            record,
+                            version: Some(version + 1),
+                            current: None,
+                        });
+                        node
+                    }
+                    Err(current) => {
+                        let _ = ev_tx.send(Event::TermWritten { ok: false, record, version: None, current });
+                        return;
+                    }
                 }
-                match coord.create_raw(&prefix, &data, Mode::EphemeralSequential).await {
-                    Ok(n) => break n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot queue for the group lock; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+            } else {
+                loop {
+                    if gen_now.load(Ordering::SeqCst) != generation {
+                        return;
+                    }
+                    match coord.create_raw(&prefix, &data, Mode::EphemeralSequential).await {
+                        Ok(n) => break n,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot queue for the group lock; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             };
@@ -617,6 +702,34 @@ impl<S: Replica> Driver<S> {
                     tracing::warn!(node, error = %e, "releasing the group lock failed (it goes with the session)");
                 }
             });
+        }
+    }
+}
+
+/// The multi-op of [`Action::ClaimLeadership`]: our lock contender and the `leading` record,
+/// version-checked. Returns the contender's path, or on failure the current record.
+async fn claim_leadership(
+    coord: &Coord,
+    prefix: &str,
+    contender: &[u8],
+    term_path: &str,
+    record: &TermRecord,
+    version: i32,
+) -> Result<String, Option<(TermRecord, i32)>> {
+    let data = coord::encode(term_path, record).map_err(|_| None)?;
+    let ops = [
+        coord::Op::Create { path: prefix.to_string(), data: contender.to_vec(), mode: Mode::EphemeralSequential },
+        coord::Op::Set { path: term_path.to_string(), data, version: Some(version) },
+    ];
+    match coord.multi_created(&ops).await {
+        Ok(created) if !created.is_empty() => {
+            tracing::info!(term = record.term, "term record written: leading, queued for the lock");
+            Ok(created[0].clone())
+        }
+        Ok(_) => Err(None),
+        Err(e) => {
+            tracing::warn!(error = %e, term = record.term, "could not claim leadership");
+            Err(coord.get::<TermRecord>(term_path).await.ok().flatten().map(|v| (v.value, v.version)))
         }
     }
 }

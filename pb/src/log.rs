@@ -21,6 +21,23 @@ pub fn choose_leader(replies: &BTreeMap<MemberId, EntryId>, prefer: &MemberId) -
     replies.iter().find(|(_, last)| *last == best).map(|(m, _)| m.clone())
 }
 
+/// The successor a leader hands off to on a graceful stop: a functional follower whose
+/// journal has everything the leader's has (`matched >= last`, the leader's last index). Its
+/// journal then holds every committed entry, which is what the election's most-complete rule
+/// guarantees, so the hand-off needs no election round. Ties go to the smallest member name.
+/// `None` while no follower has caught up.
+pub fn choose_successor<'a>(
+    last: u64,
+    followers: impl IntoIterator<Item = (&'a MemberId, u64, bool)>,
+) -> Option<MemberId> {
+    followers
+        .into_iter()
+        .filter(|(_, matched, functional)| *functional && *matched >= last)
+        .map(|(m, _, _)| m)
+        .min()
+        .cloned()
+}
+
 /// A follower's decision on an append from a leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendCheck {
@@ -187,6 +204,16 @@ mod tests {
             }
         }
         panic!("no convergence");
+    }
+
+    #[test]
+    fn hand_off_goes_to_a_caught_up_functional_follower() {
+        let (a, b, c) = ("a".to_string(), "b".to_string(), "c".to_string());
+        assert_eq!(choose_successor(10, [(&a, 9, true), (&b, 10, true)]), Some(b.clone()), "only b has everything");
+        assert_eq!(choose_successor(10, [(&c, 10, true), (&b, 10, true)]), Some(b.clone()), "ties: smallest name");
+        assert_eq!(choose_successor(10, [(&a, 10, false)]), None, "not functional (not synced into the term)");
+        assert_eq!(choose_successor(10, [(&a, 9, true), (&c, 3, true)]), None, "nobody caught up yet");
+        assert_eq!(choose_successor(10, []), None);
     }
 
     #[test]

@@ -129,8 +129,12 @@ pub struct BecomeLeaderRequest {
     pub group: String,
     /// The term.
     pub term: u64,
-    /// Who ran the election.
+    /// Who ran the election (or the leader handing off).
     pub elector: MemberId,
+    /// Version of the term record saying `elected <you>` for `term`, so the new leader can take
+    /// charge with one version-checked write instead of a read and a write.
+    #[serde(default)]
+    pub version: Option<i32>,
 }
 
 /// The leader's group info, broadcast to members that are not functional.

@@ -11,7 +11,9 @@
 //! or records the winner, goes to FOLLOWER_WAIT_TO_JOIN_GROUP and sends "become leader". The
 //! leader takes the lock and is in charge: LEADER_WAITING_FOR_QUORUM until a quorum has synced
 //! into its term, then LEADER_FUNCTIONAL. If the chosen leader does not appear in time, a member
-//! becomes elector again, with a new term.
+//! becomes elector again, with a new term. A functional leader that is stopped gracefully hands
+//! off instead: it acts as the elector of the next term and chooses a follower whose journal
+//! matches its own ([`Action::HandOff`]), so the group skips the election round.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,10 +118,15 @@ pub enum Event {
         /// That term.
         term: u64,
     },
-    /// The elector asks us to lead `term`.
+    /// The elector (or the leader handing off) asks us to lead `term`.
     BecomeLeader {
         /// The term.
         term: u64,
+        /// Version of the term record that says `elected us` for `term`, when the sender knows
+        /// it: taking charge then needs no re-read of the record.
+        version: Option<i32>,
+        /// Who elected us (the elector, or the leader handing off).
+        elector: MemberId,
     },
     /// The leader of `term` broadcast group info to us.
     GroupInfo {
@@ -191,6 +198,31 @@ pub enum Action {
         term: u64,
         /// The winner.
         to: MemberId,
+        /// Version of the `elected` term record we wrote.
+        version: Option<i32>,
+    },
+    /// Queue for the coordination lock and, in the same multi-op, write `leading` for `term`
+    /// with us as leader if the record's version is `version` (our `elected` record). Answers
+    /// with [`Event::TermWritten`], then [`Event::LockAcquired`] once our contender is the
+    /// lowest: one ZooKeeper write where queueing and then writing take two.
+    ClaimLeadership {
+        /// The term.
+        term: u64,
+        /// Version of the `elected us` record.
+        version: i32,
+        /// Who elected us, kept in the record.
+        elector: MemberId,
+    },
+    /// Graceful stop of a functional leader: hand leadership to a follower whose journal
+    /// matches ours (Raft's leadership transfer). The driver stops acknowledging, waits for such
+    /// a follower, writes `elected <it>` for `term` (precondition `version`) and releases the
+    /// lock in one multi-op, then sends it "become leader". Best effort: when it cannot, the
+    /// lock release that follows lets the others elect as usual.
+    HandOff {
+        /// The successor's term (ours + 1).
+        term: u64,
+        /// Version of our `leading` term record.
+        version: i32,
     },
     /// Start leading `term`: append the no-op, replicate, broadcast group info.
     StartLeading {
@@ -267,6 +299,8 @@ pub struct PBMember {
     appear_armed: Option<u64>,
     appear_expired: Option<u64>,
     leading_started: bool,
+    /// Our `leading` record is written (by a claim) and we wait for the lock to start.
+    claimed: bool,
     functional: usize,
     connected: bool,
     acking: bool,
@@ -290,6 +324,7 @@ impl PBMember {
             appear_armed: None,
             appear_expired: None,
             leading_started: false,
+            claimed: false,
             functional: 0,
             connected: true,
             acking: false,
@@ -362,7 +397,7 @@ impl PBMember {
             }
             Event::PrepareReply { term, from, result } => self.on_prepare_reply(term, from, result, &mut acts),
             Event::ElectionMessage { term } | Event::HigherTerm { term } => self.on_higher_term(term, &mut acts),
-            Event::BecomeLeader { term } => self.on_become_leader(term, &mut acts),
+            Event::BecomeLeader { term, version, elector } => self.on_become_leader(term, version, elector, &mut acts),
             Event::GroupInfo { term, leader } => self.on_group_info(term, leader, &mut acts),
             Event::Synced { term } => {
                 if self.state == MemberState::FollowerSyncing && term == self.term {
@@ -402,6 +437,9 @@ impl PBMember {
             }
             Event::Timer(t) => self.on_timer(t, &mut acts),
             Event::Stop => {
+                if let Some(version) = self.hand_off_version() {
+                    acts.push(Action::HandOff { term: self.term + 1, version });
+                }
                 if self.role() == Role::Leader {
                     self.stop_leading(&mut acts);
                 }
@@ -413,6 +451,24 @@ impl PBMember {
             }
         }
         acts
+    }
+
+    /// A graceful stop hands leadership off when we are a functional leader holding the lock
+    /// and know the version of our own `leading` record.
+    fn hand_off_version(&self) -> Option<i32> {
+        if self.state != MemberState::LeaderFunctional || self.lock != LockState::Held || !self.leading_started {
+            return None;
+        }
+        match &self.view.term {
+            Some((rec, v))
+                if rec.term == self.term
+                    && rec.status == TermStatus::Leading
+                    && rec.leader.as_ref() == Some(&self.me) =>
+            {
+                Some(*v)
+            }
+            _ => None,
+        }
     }
 
     fn leadership(&self) -> Leadership {
@@ -453,6 +509,7 @@ impl PBMember {
         }
         self.election = None;
         self.pending = None;
+        self.claimed = false;
         self.state = state;
         if state == MemberState::FollowerWaitToJoinGroup {
             self.leader = None;
@@ -580,6 +637,16 @@ impl PBMember {
             }
             (MemberState::LeaderWaitingForQuorum, LockState::Requested) if !self.leading_started => {
                 self.lock = LockState::Held;
+                if self.claimed {
+                    // The claim wrote `leading` already.
+                    self.claimed = false;
+                    self.start_leading(acts);
+                    return;
+                }
+                if self.pending.is_some() {
+                    // The claim's write is still being answered.
+                    return;
+                }
                 self.pending = Some(PendingWrite::Leading { term: self.term });
                 acts.push(Action::WriteTerm {
                     precondition: TermPrecondition::ElectedFor { term: self.term },
@@ -652,7 +719,7 @@ impl PBMember {
                 self.set_follower(MemberState::FollowerWaitToJoinGroup, acts);
                 if ok {
                     if let Some(w) = winner {
-                        acts.push(Action::SendBecomeLeader { term, to: w });
+                        acts.push(Action::SendBecomeLeader { term, to: w, version });
                     }
                     self.appear_armed = Some(term);
                     acts.push(Action::StartTimer(Timer::LeaderAppear { term }));
@@ -662,7 +729,10 @@ impl PBMember {
             }
             PendingWrite::Leading { term } => {
                 if self.role() == Role::Leader && self.term == term && !self.leading_started {
-                    if ok {
+                    if ok && self.lock != LockState::Held {
+                        // A claim: lead once the lock is ours.
+                        self.claimed = true;
+                    } else if ok {
                         self.start_leading(acts);
                     } else {
                         self.set_follower(MemberState::FollowerWaitToJoinGroup, acts);
@@ -689,6 +759,7 @@ impl PBMember {
 
     fn start_leading(&mut self, acts: &mut Vec<Action>) {
         self.leading_started = true;
+        self.claimed = false;
         self.functional = 0;
         self.state = MemberState::LeaderWaitingForQuorum;
         self.leader = Some(self.me.clone());
@@ -810,7 +881,7 @@ impl PBMember {
         // No follower_check here: an election for `term` is running; its elector is alive.
     }
 
-    fn on_become_leader(&mut self, term: u64, acts: &mut Vec<Action>) {
+    fn on_become_leader(&mut self, term: u64, version: Option<i32>, elector: MemberId, acts: &mut Vec<Action>) {
         if self.role() != Role::Follower || term < self.term {
             return;
         }
@@ -820,8 +891,19 @@ impl PBMember {
         self.leading_started = false;
         self.functional = 0;
         self.appear_armed = None;
+        self.election = None;
+        self.claimed = false;
         self.lock = LockState::Requested;
-        acts.push(Action::AcquireLock);
+        match version {
+            Some(version) => {
+                self.pending = Some(PendingWrite::Leading { term });
+                acts.push(Action::ClaimLeadership { term, version, elector });
+            }
+            None => {
+                self.pending = None;
+                acts.push(Action::AcquireLock);
+            }
+        }
     }
 
     fn on_group_info(&mut self, term: u64, leader: MemberId, acts: &mut Vec<Action>) {
@@ -869,6 +951,7 @@ impl PBMember {
         match self.role() {
             Role::Leader => {
                 self.stop_leading(acts);
+                self.claimed = false;
                 self.lock = LockState::Idle;
                 self.state = MemberState::FollowerWaitToJoinGroup;
                 self.leader = None;

@@ -1,14 +1,15 @@
 //! A model check of the safety argument in `docs/primary-backup.md`, driving the library's own
-//! pure decisions (`choose_leader`, `check_append`, `next_after_mismatch`, `quorum_commit`):
-//! three members, random elections among random quorums (each promises the new term and reports
-//! its journal), stale leaders that keep writing and replicating, and commits by any leader that
-//! has not yet learned of a newer term. Checked after every step: an acknowledged write is in
+//! pure decisions (`choose_leader`, `choose_successor`, `check_append`, `next_after_mismatch`,
+//! `quorum_commit`): three members, random elections among random quorums (each promises the new
+//! term and reports its journal), graceful hand-offs from a leader to a caught-up follower (no
+//! election round), stale leaders that keep writing and replicating, and commits by any leader
+//! that has not yet learned of a newer term. Checked after every step: an acknowledged write is in
 //! the journal of every leader of a term above the one that acknowledged it, at its index, and
 //! no index is acknowledged twice with different entries.
 
 use std::collections::BTreeMap;
 
-use datom_pb::log::{AppendCheck, check_append, choose_leader, next_after_mismatch, quorum_commit};
+use datom_pb::log::{AppendCheck, check_append, choose_leader, choose_successor, next_after_mismatch, quorum_commit};
 use datom_pb::types::{Entry, EntryId};
 use proptest::prelude::*;
 
@@ -56,6 +57,11 @@ enum Step {
     Commit {
         leader: usize,
     },
+    /// Graceful stop: the leader stops acknowledging and hands the next term to a follower
+    /// whose journal matches its own, if the term record still says it leads.
+    HandOff {
+        leader: usize,
+    },
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
@@ -64,6 +70,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         3 => (0usize..8).prop_map(|leader| Step::Write { leader }),
         4 => (0usize..8, 0..N, 0usize..3).prop_map(|(leader, follower, cut)| Step::Replicate { leader, follower, cut }),
         3 => (0usize..8).prop_map(|leader| Step::Commit { leader }),
+        1 => (0usize..8).prop_map(|leader| Step::HandOff { leader }),
     ]
 }
 
@@ -178,6 +185,33 @@ impl Model {
                         }
                     }
                 }
+            }
+            Step::HandOff { leader } => {
+                if self.leaders.is_empty() {
+                    return;
+                }
+                let l = self.leaders[leader % self.leaders.len()].clone();
+                // The version-checked write of `elected <successor>` for term + 1 only succeeds
+                // while the record still says this leader's term is the latest.
+                if self.next_term != l.term || self.members[l.member].promised != l.term {
+                    return;
+                }
+                // It stops acknowledging first (modelled as being fenced by the new term).
+                let last = self.members[l.member].log.len() as u64;
+                let names: Vec<String> = (0..N).map(|m| m.to_string()).collect();
+                let followers = (0..N).filter(|m| *m != l.member).map(|m| (&names[m], l.matched[m], true));
+                let Some(successor) = choose_successor(last, followers) else { return };
+                let successor: usize = successor.parse().unwrap();
+                self.next_term += 1;
+                let term = self.next_term;
+                self.members[l.member].promised = term;
+                let s = &mut self.members[successor];
+                s.promised = s.promised.max(term);
+                let index = s.log.len() as u64 + 1;
+                s.log.push(Entry { term, index, data: String::new() });
+                let mut matched = [0; N];
+                matched[successor] = index;
+                self.leaders.push(Leader { member: successor, term, matched, commit: 0 });
             }
             Step::Commit { leader } => {
                 if self.leaders.is_empty() {

@@ -562,3 +562,32 @@ async fn t07_a_torn_journal_tail_is_truncated_and_logged_and_nothing_acknowledge
     assert_all_readable(&c, &acked).await;
     assert_identical_dbs(&c, &["m1", "m2", "m3"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t08_a_graceful_stop_hands_leadership_to_a_caught_up_follower_under_load() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start("pb-handoff", 3).await;
+    let (leader, term) = c.wait_group(2, "the first leader").await;
+    let load = Load::start(&c, 8, "handoff");
+    wait_for("writes acknowledged before the stop", LONG, || async { (load.acked() >= 300).then_some(()) }).await;
+    c.server(&leader).signal(Signal::SIGTERM);
+    let before = load.acked();
+    let (successor, new_term) = c.wait_group_after(term, 1, "the successor leads").await;
+    assert_ne!(successor, leader);
+    // A hand-off, not an election: the very next term, chosen by the old leader.
+    assert_eq!(new_term, term + 1, "a hand-off takes exactly one term");
+    let rec = c.term().await.unwrap();
+    assert_eq!(rec.elector.as_deref(), Some(leader.as_str()), "the old leader chose its successor: {rec:?}");
+    let status = tokio::task::block_in_place(|| c.server(&leader).wait_exit(LONG));
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let log = c.server(&leader).log();
+    assert!(log.contains("handing leadership off"), "{log}");
+    wait_for("writes acknowledged by the successor", LONG, || async { (load.acked() >= before + 300).then_some(()) })
+        .await;
+    let acked = load.finish().await;
+    assert_all_readable(&c, &acked).await;
+    // The old leader comes back as a follower with the same data.
+    c.server(&leader).spawn();
+    c.wait_group_after(term, 2, "the old leader rejoins").await;
+    assert_identical_dbs(&c, &["m1", "m2", "m3"]).await;
+}

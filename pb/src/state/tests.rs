@@ -129,7 +129,7 @@ fn the_elector_hands_over_to_the_most_complete_journal() {
         acts,
         vec![
             Action::ReleaseLock,
-            Action::SendBecomeLeader { term: 4, to: "b".into() },
+            Action::SendBecomeLeader { term: 4, to: "b".into(), version: Some(9) },
             Action::StartTimer(Timer::LeaderAppear { term: 4 })
         ]
     );
@@ -143,7 +143,7 @@ fn become_leader_takes_the_lock_then_confirms_the_term() {
     assert_eq!(b.state(), MemberState::FollowerWaitToJoinGroup, "a live elector is electing");
     b.handle(Event::ElectionMessage { term: 4 });
     assert_eq!(b.term(), 4);
-    let acts = b.handle(Event::BecomeLeader { term: 4 });
+    let acts = b.handle(Event::BecomeLeader { term: 4, version: None, elector: "a".into() });
     assert_eq!(b.state(), MemberState::LeaderWaitingForQuorum);
     assert_eq!(acts, vec![Action::AcquireLock]);
     let acts = b.handle(Event::LockAcquired);
@@ -160,7 +160,7 @@ fn become_leader_takes_the_lock_then_confirms_the_term() {
     assert!(has(&acts, |a| *a == Action::StartLeading { term: 4 }));
     // A stale request to lead an older term is ignored.
     let mut c = PBMember::new("c", 2, 5);
-    assert!(c.handle(Event::BecomeLeader { term: 4 }).is_empty());
+    assert!(c.handle(Event::BecomeLeader { term: 4, version: None, elector: "a".into() }).is_empty());
     assert_eq!(c.state(), MemberState::FollowerWaitToJoinGroup);
 }
 
@@ -343,6 +343,75 @@ fn election_failures_retry_and_conflicts_yield() {
 }
 
 #[test]
+fn a_functional_leader_hands_off_on_a_graceful_stop() {
+    let mut a = leader_a();
+    let acts = a.handle(Event::Stop);
+    assert_eq!(
+        acts,
+        vec![
+            Action::HandOff { term: 2, version: 1 },
+            Action::StopLeading { term: 1 },
+            Action::SetAcking(false),
+            Action::ReleaseLock
+        ],
+        "hand off first (while still replicating), then stop leading and release the lock"
+    );
+    // Without a quorum there is nobody to hand off to safely: plain stop.
+    let mut w = leader_a();
+    w.handle(Event::QuorumChanged { term: 1, functional: 1 });
+    assert!(!has(&w.handle(Event::Stop), |a| matches!(a, Action::HandOff { .. })));
+}
+
+#[test]
+fn the_successor_of_a_hand_off_takes_charge_with_one_write() {
+    // b follows a in term 1, functional.
+    let mut b = PBMember::new("b", 2, 1);
+    b.handle(view(&["a", "b", "c"], Some((rec(1, TermStatus::Leading, "a", Some("a")), 1))));
+    b.handle(Event::GroupInfo { term: 1, leader: "a".into() });
+    b.handle(Event::Synced { term: 1 });
+    assert_eq!(b.state(), MemberState::FollowerFunctional);
+    // a recorded `elected b` for term 2 (version 2) and asks b to lead.
+    let acts = b.handle(Event::BecomeLeader { term: 2, version: Some(2), elector: "a".into() });
+    assert_eq!(
+        acts,
+        vec![Action::ClaimLeadership { term: 2, version: 2, elector: "a".into() }],
+        "queue for the lock and record `leading` in one write"
+    );
+    assert_eq!(b.state(), MemberState::LeaderWaitingForQuorum);
+    let mut early_lock = b.clone();
+    let acts = b.handle(written(rec(2, TermStatus::Leading, "a", Some("b")), 3));
+    assert!(acts.is_empty(), "recorded, but the lock is not ours yet: {acts:?}");
+    let acts = b.handle(Event::LockAcquired);
+    assert_eq!(acts, vec![Action::StartLeading { term: 2 }, Action::OnBecomeLeader { term: 2 }]);
+    // The lock may be reported before the write's answer: same outcome.
+    assert!(early_lock.handle(Event::LockAcquired).is_empty());
+    let acts = early_lock.handle(written(rec(2, TermStatus::Leading, "a", Some("b")), 3));
+    assert_eq!(acts, vec![Action::StartLeading { term: 2 }, Action::OnBecomeLeader { term: 2 }]);
+    // A claim that lost the race (the record changed) leaves the lock queue again.
+    let mut lost = PBMember::new("b", 2, 1);
+    lost.handle(Event::BecomeLeader { term: 2, version: Some(2), elector: "a".into() });
+    let acts = lost.handle(Event::TermWritten {
+        ok: false,
+        record: rec(2, TermStatus::Leading, "a", Some("b")),
+        version: None,
+        current: Some((rec(3, TermStatus::Electing, "c", None), 3)),
+    });
+    assert!(has(&acts, |a| *a == Action::ReleaseLock), "{acts:?}");
+    assert_ne!(lost.role(), Role::Leader, "it does not lead");
+
+    // c, functional under a, waits for b (no election of its own) and then follows it.
+    let mut c = PBMember::new("c", 2, 1);
+    c.handle(view(&["a", "b", "c"], Some((rec(1, TermStatus::Leading, "a", Some("a")), 1))));
+    c.handle(Event::GroupInfo { term: 1, leader: "a".into() });
+    c.handle(Event::Synced { term: 1 });
+    let acts = c.handle(view(&["b", "c"], Some((rec(2, TermStatus::Elected, "a", Some("b")), 2))));
+    assert_eq!(acts, vec![Action::StartTimer(Timer::LeaderAppear { term: 2 })]);
+    assert_eq!(c.state(), MemberState::FollowerFunctional);
+    c.handle(Event::GroupInfo { term: 2, leader: "b".into() });
+    assert_eq!((c.state(), c.term(), c.leader().cloned()), (MemberState::FollowerSyncing, 2, Some("b".into())));
+}
+
+#[test]
 fn stop_releases_everything_and_then_ignores_events() {
     let mut m = leader_a();
     let acts = m.handle(Event::Stop);
@@ -402,7 +471,8 @@ fn sample_events() -> Vec<Event> {
         Event::PrepareReply { term: 2, from: "b".into(), result: Err(PrepareFailure::HigherTerm(9)) },
         Event::ElectionMessage { term: 3 },
         Event::HigherTerm { term: 4 },
-        Event::BecomeLeader { term: 2 },
+        Event::BecomeLeader { term: 2, version: None, elector: "a".into() },
+        Event::BecomeLeader { term: 2, version: Some(5), elector: "a".into() },
         Event::GroupInfo { term: 2, leader: "b".into() },
         Event::Synced { term: 1 },
         Event::SyncLost { term: 1 },
@@ -423,6 +493,13 @@ fn sample_events() -> Vec<Event> {
 fn check(before: &PBMember, ev: &Event, after: &PBMember, acts: &[Action]) {
     let ctx = || format!("{:?} --{ev:?}--> {:?} {acts:?}", before.state(), after.state());
     assert!(after.term() >= before.term(), "term went down: {}", ctx());
+    for a in acts {
+        if let Action::HandOff { term, .. } = a {
+            assert_eq!(before.state(), MemberState::LeaderFunctional, "only a functional leader hands off: {}", ctx());
+            assert_eq!(before.lock(), LockState::Held, "the lock holder hands off: {}", ctx());
+            assert_eq!(*term, before.term() + 1, "{}", ctx());
+        }
+    }
     if after.stopped() {
         return;
     }
@@ -449,6 +526,11 @@ fn check(before: &PBMember, ev: &Event, after: &PBMember, acts: &[Action]) {
                 assert_eq!(after.role(), Role::Leader, "{}", ctx());
             }
             Action::SetAcking(true) => assert!(after.acking(), "{}", ctx()),
+            Action::ClaimLeadership { term, .. } => {
+                assert_eq!(after.state(), MemberState::LeaderWaitingForQuorum, "{}", ctx());
+                assert_eq!(after.lock(), LockState::Requested, "a claim queues for the lock: {}", ctx());
+                assert_eq!(*term, after.term(), "{}", ctx());
+            }
             Action::SendPrepare { term, .. } => {
                 assert_eq!(after.state(), MemberState::EcElectionInProgress, "{}", ctx());
                 assert_eq!(*term, after.term(), "{}", ctx());
