@@ -19,7 +19,7 @@ pub mod rpc;
 pub mod state;
 pub mod types;
 
-pub use clients::{DialCache, PeerClients};
+pub use clients::{CachePeerClients, PeerClients};
 pub use core::{Core, CoreStatus, Replica};
 pub use driver::{GroupMember, MemberConfig, Timings};
 pub use rpc::{PbError, PeerRouter};

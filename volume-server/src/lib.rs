@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use datom_common::CoordConfig;
+use datom_common::cache::{CacheConfig, ConnectionCache};
 use datom_common::names::{NameKind, validate};
-use datom_pb::{DialCache, PeerRouter, Timings};
+use datom_pb::{PeerRouter, Timings};
 
 use crate::failpoint::Failpoint;
 use crate::mgr::{OpenVolume, VolumeReplicaMgr, VolumeServer};
@@ -89,7 +90,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let router = PeerRouter::new();
     tokio::spawn(router.clone().serve(peer_listener, stopped()));
-    let clients = Arc::new(DialCache::new(config.timings.dial_timeout));
+    // One connection cache for the whole process: every volume group's replication clients
+    // come from it (a connection per member and group), found through the members'
+    // registrations.
+    let cache = ConnectionCache::start_with(
+        coord.clone(),
+        CacheConfig { dial_timeout: config.timings.dial_timeout, ..CacheConfig::default() },
+    );
     let mgr = Arc::new(VolumeReplicaMgr::new());
     for v in &config.volumes {
         let open = OpenVolume {
@@ -100,7 +107,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             client_address: &listen,
             timings: config.timings.clone(),
             router: &router,
-            clients: clients.clone(),
+            cache: &cache,
             failpoint: config.failpoint.clone(),
             checkpoint_interval: config.checkpoint_interval,
         };
@@ -122,6 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     mgr.stop_all().await;
     stop_tx.send_replace(true);
     let _ = api.await;
+    cache.close();
     coord.close().await;
     Ok(())
 }

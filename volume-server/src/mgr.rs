@@ -6,9 +6,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datom_common::Coord;
+use datom_common::cache::ConnectionCache;
 use datom_pb::driver::{GroupMember, MemberConfig, Timings};
 use datom_pb::types::MemberStateRecord;
-use datom_pb::{Core, PbError, PeerClients, PeerRouter};
+use datom_pb::{CachePeerClients, Core, PbError, PeerRouter};
 use tokio::sync::watch;
 
 use crate::db::{Op, VolumeDb};
@@ -49,8 +50,9 @@ pub struct OpenVolume<'a> {
     pub timings: Timings,
     /// Replication RPC router.
     pub router: &'a PeerRouter,
-    /// Peer client cache.
-    pub clients: Arc<dyn PeerClients>,
+    /// The process's connection cache, shared by every hosted volume: the replica's clients
+    /// for the other members of its group come from it.
+    pub cache: &'a ConnectionCache,
     /// Failpoint, for tests.
     pub failpoint: Option<Failpoint>,
     /// How often the db is checkpointed.
@@ -69,6 +71,7 @@ impl VolumeReplicaMgr {
         let db = Arc::new(VolumeDb::load(volume, &o.dir.join("db.json")).map_err(|e| PbError::Io(e.to_string()))?);
         tracing::info!(volume, applied = %db.applied(), "loaded the db");
         let replica = Arc::new(VolumeReplica::new(volume, db.clone(), o.failpoint));
+        let clients = Arc::new(CachePeerClients::new(o.cache.clone(), volume, o.timings.dial_timeout));
         let cfg = MemberConfig {
             group: volume.to_string(),
             me: o.member.to_string(),
@@ -77,7 +80,7 @@ impl VolumeReplicaMgr {
             dir: o.dir.clone(),
             timings: o.timings,
         };
-        let member = GroupMember::start(o.coord.clone(), cfg, replica.clone(), o.clients, o.router).await?;
+        let member = GroupMember::start(o.coord.clone(), cfg, replica.clone(), clients, o.router).await?;
         let core = member.core().clone();
         let status = member.status();
         let interval = o.checkpoint_interval;

@@ -38,6 +38,8 @@ pub(crate) struct Slot<C> {
 pub(crate) trait ErasedSlot: Send + Sync {
     fn address(&self) -> &str;
     fn close(&self, why: Unavailable);
+    /// Whether the connection is waiting out a redial backoff after a failure.
+    fn is_failed(&self) -> bool;
 }
 
 impl<C: Dial> ErasedSlot for Slot<C> {
@@ -46,6 +48,9 @@ impl<C: Dial> ErasedSlot for Slot<C> {
     }
     fn close(&self, why: Unavailable) {
         self.state.send_replace(ConnState::Closed(why));
+    }
+    fn is_failed(&self) -> bool {
+        matches!(*self.state.borrow(), ConnState::Failed(_))
     }
 }
 

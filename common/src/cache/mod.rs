@@ -43,6 +43,8 @@
 //! - A connection that broke, or whose dial failed, is redialed in the background with
 //!   backoff; meanwhile callers fail fast with the last error (like gRPC's transient failure),
 //!   so a peer that is registered but unreachable costs callers no waiting.
+//! - A peer that re-registers at the same address from a new session (it restarted, e.g. on a
+//!   fixed port) is redialed at once instead of after the backoff its broken connection built up.
 //! - A peer whose process dies drops out when its session expires and its ephemeral goes:
 //!   callers get `PeerUnavailable` within the peer's session timeout (sooner, with the dial
 //!   error, once the broken connection has been noticed).
@@ -167,6 +169,13 @@ pub enum Unavailable {
     /// The peer deregistered while the call waited.
     #[error("it went away (its registration was removed)")]
     Gone,
+    /// The peer re-registered at the same address from a new session (it restarted) while its
+    /// connection waited to redial; retry to dial the new process at once.
+    #[error("it restarted (re-registered at {address}); retry")]
+    Restarted {
+        /// Address.
+        address: String,
+    },
     /// The peer re-registered elsewhere while the call waited; retry to reach the new address.
     #[error("it moved from {from} to {to}; retry")]
     Moved {
@@ -250,6 +259,9 @@ impl Inner {
     /// lock, so a subscriber's snapshot and its stream never overlap or leave a gap).
     fn publish(&self, st: &mut State, events: Vec<PeerEvent>) {
         for ev in &events {
+            if ev.is_restart() {
+                self.drop_failed(st, ev.peer());
+            }
             self.evict(st, ev.peer());
         }
         for ev in events {
@@ -280,6 +292,27 @@ impl Inner {
                     false
                 }
             }
+        });
+        if entries.is_empty() {
+            st.conns.remove(peer);
+        }
+    }
+
+    /// `peer` restarted at the same address: drops its connections that are waiting out a redial
+    /// backoff (the old process is gone; the backoff may have grown to `max_backoff`), so the
+    /// next call dials the new process at once. Connected and dialing entries stay.
+    fn drop_failed(&self, st: &mut State, peer: &Peer) {
+        let Some(entries) = st.conns.get_mut(peer) else { return };
+        entries.retain(|_, e| {
+            if !e.slot.is_failed() {
+                return true;
+            }
+            let address = e.slot.address().to_string();
+            tracing::debug!(%peer, address, "the peer restarted; redialing at once");
+            e.close(Unavailable::Restarted { address });
+            Counters::inc(&self.counters.evictions);
+            crate::metrics::global().cache.evictions.inc();
+            false
         });
         if entries.is_empty() {
             st.conns.remove(peer);
@@ -499,6 +532,12 @@ impl ConnectionCache {
     /// What the cache knows about `peer`.
     pub fn peer(&self, peer: &Peer) -> Option<PeerInfo> {
         self.inner.lock().registry.get(peer).cloned()
+    }
+
+    /// The address `peer` is registered at, as the cache sees it now (cheaper than
+    /// [`Self::peer`] when only the address matters).
+    pub fn address(&self, peer: &Peer) -> Option<String> {
+        self.inner.lock().registry.get(peer).map(|i| i.address.clone())
     }
 
     /// Waits until the registry has been listed at least once.

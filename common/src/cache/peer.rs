@@ -179,6 +179,14 @@ impl PeerEvent {
         }
     }
 
+    /// Whether the peer re-registered at the same address from another ZooKeeper session: a new
+    /// process (a restart) where the old one was, so a broken connection to it is worth
+    /// redialing at once.
+    pub fn is_restart(&self) -> bool {
+        matches!(self, PeerEvent::Changed { info, previous, .. }
+            if info.address == previous.address && info.session != previous.session)
+    }
+
     /// The registration the event leaves in place (`None` for Down).
     pub fn info(&self) -> Option<&PeerInfo> {
         match self {
@@ -422,6 +430,25 @@ mod tests {
         assert!(PeerFilter::Group { group: "vol".into() }.matches_registration(&inst, &i));
         assert!(!PeerFilter::Group { group: "other".into() }.matches_registration(&inst, &i));
         assert!(PeerFilter::Group { group: "vol".into() }.matches_event(&PeerEvent::Down { peer: inst, last: i }));
+    }
+
+    #[test]
+    fn a_restart_is_a_new_session_at_the_same_address() {
+        let p = Peer::group_member("vol", "m1");
+        let old = info("a:1", 0);
+        let mut new_session = info("a:1", 0);
+        new_session.session = 8;
+        let mut moved = new_session.clone();
+        moved.address = "a:2".into();
+        let mut rewritten = info("a:1", 1);
+        rewritten.record = serde_json::json!({ "address": "a:1", "state": "x" });
+        let changed =
+            |info: &PeerInfo| PeerEvent::Changed { peer: p.clone(), info: info.clone(), previous: old.clone() };
+        assert!(changed(&new_session).is_restart());
+        assert!(!changed(&moved).is_restart(), "a move is evicted, not a restart");
+        assert!(!changed(&rewritten).is_restart(), "same session: the same process");
+        assert!(!PeerEvent::Up { peer: p.clone(), info: old.clone() }.is_restart());
+        assert!(!PeerEvent::Down { peer: p, last: old }.is_restart());
     }
 
     #[test]
