@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt as _};
 use tokio::sync::{mpsc, watch as tokio_watch};
 use zookeeper_client as zk;
 
@@ -227,6 +229,84 @@ pub struct NodeData {
     pub ephemeral_owner: i64,
 }
 
+/// Reads of changed znodes a [`TreeCache`] keeps in flight at most.
+const MAX_PIPELINED_READS: usize = 64;
+
+/// The outcome of reading one changed znode (`Ok(None)`: it is gone).
+struct NodeRead {
+    path: String,
+    result: CoordResult<Option<(Vec<u8>, zk::Stat)>>,
+}
+
+/// Applies one read to the snapshot and announces the change, if any.
+fn apply_read(
+    snap: &RwLock<BTreeMap<String, NodeData>>,
+    ev: &tokio::sync::broadcast::Sender<TreeEvent>,
+    read: NodeRead,
+) {
+    let NodeRead { path, result } = read;
+    let changes = match result {
+        Ok(Some((data, stat))) => {
+            let node = NodeData { data, version: stat.version, ephemeral_owner: stat.ephemeral_owner };
+            let mut cur = snap.write().unwrap();
+            if cur.get(&path) == Some(&node) {
+                Vec::new()
+            } else {
+                cur.insert(path.clone(), node.clone());
+                vec![TreeEvent::Upsert { path, node }]
+            }
+        }
+        Ok(None) => remove_subtree(snap, &path),
+        Err(e) => {
+            // The next Resync repairs whatever this read missed.
+            tracing::debug!(path, error = %e, "tree cache read failed");
+            Vec::new()
+        }
+    };
+    for c in changes {
+        let _ = ev.send(c);
+    }
+}
+
+/// Re-lists the subtree until it succeeds and replaces the snapshot with it, announcing the
+/// differences. `false` when the client is closed.
+async fn resync(
+    coord: &Coord,
+    root: &str,
+    snap: &RwLock<BTreeMap<String, NodeData>>,
+    ev: &tokio::sync::broadcast::Sender<TreeEvent>,
+) -> bool {
+    let fresh = loop {
+        match coord.list_tree(root).await {
+            Ok(t) => break t,
+            Err(CoordError::Closed) => return false,
+            Err(e) => {
+                tracing::debug!(root, error = %e, "tree re-list failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut changes = Vec::new();
+    {
+        let mut cur = snap.write().unwrap();
+        for (p, n) in &fresh {
+            if cur.get(p) != Some(n) {
+                changes.push(TreeEvent::Upsert { path: p.clone(), node: n.clone() });
+            }
+        }
+        for p in cur.keys() {
+            if !fresh.contains_key(p) {
+                changes.push(TreeEvent::Removed { path: p.clone() });
+            }
+        }
+        *cur = fresh;
+    }
+    for c in changes {
+        let _ = ev.send(c);
+    }
+    true
+}
+
 /// A change to a [`TreeCache`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeEvent {
@@ -274,69 +354,39 @@ impl TreeCache {
         let task = tokio::spawn(async move {
             let mut stream = coord.watch(&root, true);
             let mut syncs = 0u64;
-            while let Some(event) = stream.next().await {
-                match event {
-                    WatchEvent::Resync => {
-                        // Re-list until it succeeds; events queue up meanwhile.
-                        let fresh = loop {
-                            match coord.list_tree(&root).await {
-                                Ok(t) => break t,
-                                Err(CoordError::Closed) => return,
-                                Err(e) => {
-                                    tracing::debug!(root, error = %e, "tree re-list failed; retrying");
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                }
+            // Reads of changed znodes are pipelined (one session answers them in order, so a
+            // burst of changes costs about one round trip, not one each) and applied in event
+            // order. A re-list first applies every read still in flight: a read issued before
+            // it would otherwise overwrite newer data from it.
+            let mut reads: FuturesOrdered<BoxFuture<'static, NodeRead>> = FuturesOrdered::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(read) = reads.next(), if !reads.is_empty() => apply_read(&snap, &ev, read),
+                    event = stream.next(), if reads.len() < MAX_PIPELINED_READS => match event {
+                        None => break,
+                        Some(WatchEvent::Resync) => {
+                            while let Some(read) = reads.next().await {
+                                apply_read(&snap, &ev, read);
                             }
-                        };
-                        let mut changes = Vec::new();
-                        {
-                            let mut cur = snap.write().unwrap();
-                            for (p, n) in &fresh {
-                                if cur.get(p) != Some(n) {
-                                    changes.push(TreeEvent::Upsert { path: p.clone(), node: n.clone() });
-                                }
+                            if !resync(&coord, &root, &snap, &ev).await {
+                                return;
                             }
-                            for p in cur.keys() {
-                                if !fresh.contains_key(p) {
-                                    changes.push(TreeEvent::Removed { path: p.clone() });
-                                }
-                            }
-                            *cur = fresh;
+                            syncs += 1;
+                            let _ = ev.send(TreeEvent::Synced);
+                            synced_tx.send_replace(syncs);
                         }
-                        for c in changes {
-                            let _ = ev.send(c);
+                        Some(WatchEvent::Node { kind: NodeEventKind::Deleted, path }) => {
+                            reads.push_back(Box::pin(std::future::ready(NodeRead { path, result: Ok(None) })));
                         }
-                        syncs += 1;
-                        let _ = ev.send(TreeEvent::Synced);
-                        synced_tx.send_replace(syncs);
-                    }
-                    WatchEvent::Node { kind, path } => {
-                        let change = match kind {
-                            NodeEventKind::Deleted => Some(remove_subtree(&snap, &path)),
-                            _ => match coord.get_raw(&path).await {
-                                Ok(Some((data, stat))) => {
-                                    let node =
-                                        NodeData { data, version: stat.version, ephemeral_owner: stat.ephemeral_owner };
-                                    let mut cur = snap.write().unwrap();
-                                    if cur.get(&path) == Some(&node) {
-                                        None
-                                    } else {
-                                        cur.insert(path.clone(), node.clone());
-                                        Some(vec![TreeEvent::Upsert { path, node }])
-                                    }
-                                }
-                                Ok(None) => Some(remove_subtree(&snap, &path)),
-                                Err(e) => {
-                                    // The next Resync repairs whatever this read missed.
-                                    tracing::debug!(path, error = %e, "tree cache read failed");
-                                    None
-                                }
-                            },
-                        };
-                        for c in change.into_iter().flatten() {
-                            let _ = ev.send(c);
+                        Some(WatchEvent::Node { path, .. }) => {
+                            let coord = coord.clone();
+                            reads.push_back(Box::pin(async move {
+                                let result = coord.get_raw(&path).await;
+                                NodeRead { path, result }
+                            }));
                         }
-                    }
+                    },
                 }
             }
         });
