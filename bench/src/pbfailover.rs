@@ -153,9 +153,13 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     for _ in 0..args.trials {
         let (leader, term) = group.wait_functional(0, 2, long).await?;
         let t = Instant::now();
+        let at = chrono::Utc::now();
         group.signal_stop(&leader);
         group.wait_functional(term, 0, long).await?;
         graceful.push(t.elapsed());
+        if std::env::var_os("DATOM_BENCH_TRACE").is_some() {
+            eprintln!("TRACE sigterm {at:?} seen {:?} took {:?}", chrono::Utc::now(), t.elapsed());
+        }
         group.restart(&leader)?;
     }
     drop(group);

@@ -217,14 +217,27 @@ async fn enrol(coord: &Coord, path: &str, group: &str, me: &MemberId) -> Result<
     }
 }
 
+/// How long a passing state (an election or take-over step) waits for the next one before it
+/// is published on its own. Elections and hand-offs pass through several within milliseconds;
+/// writing each would queue ZooKeeper writes on the session just when the take-over's own
+/// writes need it. The transitions list in the record still shows every step.
+const PASSING_STATE_SETTLE: Duration = Duration::from_millis(20);
+
 async fn publish(handle: EphemeralHandle, mut rx: watch::Receiver<MemberStateRecord>) {
+    use crate::types::MemberState::*;
     loop {
         if rx.changed().await.is_err() {
             let _ = handle.remove().await;
             return;
         }
-        let rec = rx.borrow_and_update().clone();
+        let mut rec = rx.borrow_and_update().clone();
+        if matches!(rec.state, EcAcquireLock | EcWaitingForQuorum | EcElectionInProgress | LeaderWaitingForQuorum)
+            && let Ok(Ok(())) = tokio::time::timeout(PASSING_STATE_SETTLE, rx.changed()).await
+        {
+            rec = rx.borrow_and_update().clone();
+        }
         let Ok(data) = coord::encode(handle.path(), &rec) else { continue };
+        tracing::debug!(state = %rec.state, "publishing the member state");
         if let Err(e) = handle.set_data(data).await {
             tracing::debug!(error = %e, "publishing the member state failed; the next change retries");
         }
@@ -579,7 +592,28 @@ impl<S: Replica> Driver<S> {
         self.lock_gen.fetch_add(1, Ordering::SeqCst);
         self.lock_node.lock().unwrap().take();
         tracing::info!(group = self.cfg.group, term, successor, "handing leadership off");
-        self.send_become_leader(term, successor, Some(version + 1)).await;
+        let mut events = self.cache.subscribe();
+        self.send_become_leader(term, successor.clone(), Some(version + 1)).await;
+        // Leave once the successor is in charge (bounded): our departure (registration,
+        // state, session) is a burst of ZooKeeper writes and notifications that would otherwise
+        // compete with its take-over.
+        let path = paths::group_term(&self.cfg.group);
+        let in_charge = |cache: &TreeCache| {
+            cache.get(&path).and_then(|n| serde_json::from_slice::<TermRecord>(&n.data).ok()).is_some_and(|r| {
+                r.term > term
+                    || (r.term == term && r.status == TermStatus::Leading && r.leader == Some(successor.clone()))
+            })
+        };
+        let wait = async {
+            while !in_charge(&self.cache) {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = events.recv().await {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(self.cfg.timings.hand_off_wait, wait).await.is_err() {
+            tracing::info!(group = self.cfg.group, successor, "the successor has not taken charge yet; leaving anyway");
+        }
     }
 
     fn core_clients(&self) -> Arc<dyn PeerClients> {
@@ -613,8 +647,17 @@ impl<S: Replica> Driver<S> {
             }))
             .expect("serialises");
             let prefix = format!("{dir}/{me}-");
+            // A claim lists the contenders in the same breath: the session's requests are
+            // answered in order, so the listing sees the claim's contender without waiting for
+            // the round trip (or for writes the process queues meanwhile, like state publishes).
+            let mut listed = None;
             let node = if let Some((record, version)) = claim {
-                match claim_leadership(&coord, &prefix, &data, &term_path, &record, version).await {
+                let (claimed, children) = tokio::join!(
+                    claim_leadership(&coord, &prefix, &data, &term_path, &record, version),
+                    coord.children(&dir)
+                );
+                listed = children.ok();
+                match claimed {
                     Ok(node) => {
                         let _ = ev_tx.send(Event::TermWritten {
                             ok: true,
@@ -657,7 +700,12 @@ impl<S: Replica> Driver<S> {
                 if gen_now.load(Ordering::SeqCst) != generation {
                     return;
                 }
-                match coord.children(&dir).await {
+                let children = match listed.take() {
+                    // Sent together with the claim; if it was answered first, list again.
+                    Some(c) if c.contains(&mine) => Ok(c),
+                    _ => coord.children(&dir).await,
+                };
+                match children {
                     Ok(children) => {
                         if !children.contains(&mine) {
                             // Our contender vanished (session expired): the machine re-queues.
