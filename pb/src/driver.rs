@@ -22,7 +22,7 @@ use crate::core::{Core, CoreConfig, Replica};
 use crate::rpc::{BecomeLeaderRequest, PbError, PeerEndpoint, PeerRouter, PrepareRequest, PrepareResponse};
 use crate::state::{Action, Event, GroupView, PBMember, PrepareFailure, TermPrecondition, Timer};
 use crate::types::{
-    GroupRecord, MemberId, MemberRecord, MemberStateRecord, TermRecord, TermStatus, Transition, quorum,
+    GroupRecord, MemberId, MemberRecord, MemberState, MemberStateRecord, TermRecord, TermStatus, Transition, quorum,
 };
 
 /// Timeouts and intervals of the protocol.
@@ -408,6 +408,9 @@ impl<S: Replica> Driver<S> {
             }
         }
         self.core.set_member_state(after.0);
+        if after.0 == MemberState::FollowerFunctional && before.0 != MemberState::FollowerFunctional {
+            self.warm_connections();
+        }
         if after != before {
             self.status_tx.send_replace(state_record(&self.machine, &self.core, &self.transitions));
         }
@@ -613,6 +616,20 @@ impl<S: Replica> Driver<S> {
         };
         if tokio::time::timeout(self.cfg.timings.hand_off_wait, wait).await.is_err() {
             tracing::info!(group = self.cfg.group, successor, "the successor has not taken charge yet; leaving anyway");
+        }
+    }
+
+    /// Connects to every other member in the background, so that if this member becomes elector
+    /// or leader (a hand-off picks a follower) its first messages do not wait for a dial.
+    fn warm_connections(&self) {
+        let clients = self.core_clients();
+        for m in self.addresses.keys().filter(|m| **m != self.cfg.me) {
+            let (clients, m) = (clients.clone(), m.clone());
+            tokio::spawn(async move {
+                if let Err(e) = clients.client(&m).await {
+                    tracing::debug!(member = m, error = e, "could not connect ahead of time");
+                }
+            });
         }
     }
 
