@@ -214,6 +214,12 @@ impl TokenVerifier {
         TokenVerifier { secret: auth.cluster_secret.clone() }
     }
 
+    /// The cluster token this verifier accepts, for a process that both checks and presents it
+    /// (a volume server dialing its replication peers).
+    pub fn token(&self) -> String {
+        derive_token(&self.secret)
+    }
+
     /// Whether `presented` is the cluster token (constant-time comparison).
     pub fn verify(&self, presented: Option<&str>) -> Result<(), String> {
         let Some(t) = presented else {
@@ -321,6 +327,7 @@ mod tests {
         let b = AuthFile::generate();
         let v = TokenVerifier::new(&a);
         assert!(v.verify(Some(&a.token())).is_ok());
+        assert_eq!(v.token(), a.token());
         assert!(v.verify(Some(&b.token())).unwrap_err().contains("wrong"));
         assert!(v.verify(None).unwrap_err().contains("no cluster token"));
         assert!(v.verify(Some("zz")).is_err());

@@ -4,7 +4,7 @@
 //! transport).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use datom_common::cache::{CacheError, ConnectionCache, Dial, Dialed, Peer, PeerFilter};
@@ -29,13 +29,52 @@ pub trait PeerClients: Send + Sync + 'static {
     fn invalidate(&self, member: &str);
 }
 
-/// The connection cache dials members with pb's own transport: Nagle off (see [`crate::net`])
-/// and [`MAX_IN_FLIGHT_REQUESTS`]. Like `datom_common::impl_dial!`, it hands the connection's
+/// The cluster token this process presents when it dials replication peers; unset or `None`
+/// on an open cluster.
+///
+/// Process-wide on purpose: the connection cache creates connections by client type through
+/// the stateless [`Dial::dial`], so the dialer cannot be handed the token per call, and a
+/// process belongs to one cluster (its one `--auth-file`), so one token serves every group it
+/// hosts. The volume server sets it once at startup, before it starts any group.
+static CLUSTER_TOKEN: OnceLock<Option<String>> = OnceLock::new();
+
+/// Sets the cluster token replication dials present ([`CLUSTER_TOKEN`]): call once, before the
+/// first group starts. Setting the same value again is fine; another value is an error (one
+/// process, one cluster).
+pub fn set_cluster_token(token: Option<String>) -> Result<(), String> {
+    let current = CLUSTER_TOKEN.get_or_init(|| token.clone());
+    if *current == token {
+        Ok(())
+    } else {
+        Err("this process already dials replication peers with another cluster token (one process serves one \
+             cluster: one --auth-file)"
+            .into())
+    }
+}
+
+/// The token replication dials present.
+fn cluster_token() -> Option<&'static str> {
+    CLUSTER_TOKEN.get().and_then(|t| t.as_deref())
+}
+
+/// The connection cache dials members with pb's own transport: Nagle off (see [`crate::net`]),
+/// the connection handshake with the process's cluster token ([`set_cluster_token`]), and
+/// [`MAX_IN_FLIGHT_REQUESTS`]. Like `datom_common::impl_dial!`, it hands the connection's
 /// driver to the cache, which runs it on the connection's task (so it sees the connection
-/// break, and cuts it off when the member goes away or moves).
+/// break, and cuts it off when the member goes away or moves). A refused handshake is a dial
+/// error with the member's reason (the cache reports `PeerUnavailable` with it), logged here
+/// once per attempt.
 impl Dial for PbPeerClient {
     async fn dial(addr: String, timeout: Duration) -> std::io::Result<Dialed<Self>> {
-        let transport = crate::net::dial_nodelay(&addr, timeout).await?;
+        let transport = match crate::net::dial_peer(&addr, timeout, cluster_token()).await {
+            Ok(t) => t,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    tracing::warn!(address = addr, error = %e, "a replication peer refused the connection");
+                }
+                return Err(e);
+            }
+        };
         let mut config = tarpc::client::Config::default();
         config.max_in_flight_requests = MAX_IN_FLIGHT_REQUESTS;
         let new = PbPeerClient::new(config, transport);

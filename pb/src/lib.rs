@@ -1,6 +1,7 @@
 //! Primary-backup replication (seed 003, "Replication / Primary backup protocol"): the
 //! `PBMember` state machine ([`state`]), its ZooKeeper driver ([`driver`]), the replicated
-//! journal ([`journal`], [`core`]) and the replication RPC ([`rpc`]).
+//! journal ([`journal`], [`core`]) and the replication RPC ([`rpc`], over [`net`], whose
+//! connections are authenticated with the cluster token by a handshake).
 //!
 //! A service replicates itself by implementing [`core::Replica`] (its db's position, how to
 //! apply committed entries, and the seed's hooks `onBecomeLeader()` / `onBecomeFollower()`),
@@ -19,7 +20,7 @@ pub mod rpc;
 pub mod state;
 pub mod types;
 
-pub use clients::{CachePeerClients, PeerClients};
+pub use clients::{CachePeerClients, PeerClients, set_cluster_token};
 pub use core::{Core, CoreStatus, Replica};
 pub use driver::{GroupMember, MemberConfig, Timings};
 pub use rpc::{PbError, PeerRouter};

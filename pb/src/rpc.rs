@@ -4,10 +4,15 @@
 //!
 //! One process can host many groups (a volume server hosts many volumes), so messages name their
 //! group and one [`PeerRouter`] per process dispatches them.
+//!
+//! Connections are authenticated before any message: the dialer presents the cluster token in
+//! a handshake ([`crate::net::dial_peer`]) that the router's listener checks
+//! ([`PeerRouter::serve_with`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use datom_common::auth::TokenVerifier;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -266,9 +271,55 @@ impl PeerRouter {
         PeerServer { router: self.clone() }
     }
 
-    /// Serves the replication RPC on `listener` until `shutdown` resolves.
+    /// Serves the replication RPC on `listener` until `shutdown` resolves, for an open cluster:
+    /// [`PeerRouter::serve_with`] without a token check.
     pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) {
-        crate::serve_tcp_nodelay!(listener, self.server().serve(), shutdown);
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// Serves the replication RPC on `listener` until `shutdown` resolves. Every connection
+    /// first goes through the handshake ([`crate::net::accept_peer`], on the connection's own
+    /// task so a silent dialer never holds up the others): with `verifier` (a secure cluster)
+    /// only dialers presenting the cluster token get to tarpc; with `None` (an open cluster)
+    /// every dialer does. A refused connection never reaches a group, so a forged message
+    /// (say, a prepare with a huge term) from a process without the token changes nothing.
+    pub async fn serve_with(
+        self,
+        listener: tokio::net::TcpListener,
+        verifier: Option<TokenVerifier>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        use futures::StreamExt as _;
+        use tarpc::server::{BaseChannel, Channel as _};
+        let service = self.server().serve();
+        let accept = async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let service = service.clone();
+                let verifier = verifier.clone();
+                tokio::spawn(async move {
+                    let Some(frames) = crate::net::accept_peer(stream, verifier.as_ref()).await else { return };
+                    let transport = tarpc::serde_transport::new(frames, crate::net::Json::default());
+                    BaseChannel::with_defaults(transport)
+                        .execute(service)
+                        .for_each(|fut| async {
+                            tokio::spawn(fut);
+                        })
+                        .await;
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = shutdown => {}
+        }
     }
 }
 
@@ -294,5 +345,98 @@ impl PbPeer for PeerServer {
     async fn append(self, _: tarpc::context::Context, req: AppendRequest) -> Result<AppendResponse, PbError> {
         let ep = self.router.get(&req.group)?;
         ep.append(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use datom_common::auth::{AuthFile, TokenVerifier};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A router hosting no group on a loopback port: a message that gets through is answered
+    /// `UnknownGroup`.
+    async fn serve(verifier: Option<TokenVerifier>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(PeerRouter::new().serve_with(listener, verifier, futures::future::pending()));
+        addr
+    }
+
+    async fn client(addr: &str, token: Option<&str>) -> std::io::Result<PbPeerClient> {
+        let transport = crate::net::dial_peer(addr, T, token).await?;
+        Ok(PbPeerClient::new(tarpc::client::Config::default(), transport).spawn())
+    }
+
+    async fn prepare(c: &PbPeerClient, term: u64) -> Result<PrepareResponse, PbError> {
+        let req = PrepareRequest { group: "g".into(), term, elector: "x".into() };
+        c.prepare(datom_common::rpc::ctx(T), req).await.expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn only_dialers_with_the_cluster_token_reach_a_secure_router() {
+        let auth = AuthFile::generate();
+        let addr = serve(Some(TokenVerifier::new(&auth))).await;
+        let c = client(&addr, Some(&auth.token())).await.expect("the right token is accepted");
+        assert_eq!(prepare(&c, 1).await, Err(PbError::UnknownGroup("g".into())));
+        for token in [None, Some(AuthFile::generate().token())] {
+            let e = client(&addr, token.as_deref()).await.expect_err("refused");
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+            let msg = e.to_string();
+            assert!(msg.contains(&addr) && msg.contains("wrong or missing cluster token"), "{msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_open_router_takes_dialers_with_or_without_a_token() {
+        let addr = serve(None).await;
+        for token in [None, Some(AuthFile::generate().token())] {
+            let c = client(&addr, token.as_deref()).await.expect("accepted");
+            assert_eq!(prepare(&c, 1).await, Err(PbError::UnknownGroup("g".into())));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_does_not_hold_up_others_and_is_dropped() {
+        let auth = AuthFile::generate();
+        let addr = serve(Some(TokenVerifier::new(&auth))).await;
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let c = client(&addr, Some(&auth.token())).await.expect("served while the silent one waits");
+        assert_eq!(prepare(&c, 1).await, Err(PbError::UnknownGroup("g".into())));
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(crate::net::HELLO_TIMEOUT + T, silent.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed without an answer: {n:?}");
+    }
+
+    #[tokio::test]
+    async fn a_message_pipelined_after_a_wrong_hello_is_never_handled() {
+        let auth = AuthFile::generate();
+        let addr = serve(Some(TokenVerifier::new(&auth))).await;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let frame = |v: serde_json::Value| {
+            let j = serde_json::to_vec(&v).unwrap();
+            [&(j.len() as u32).to_be_bytes()[..], &j].concat()
+        };
+        let msg = tarpc::ClientMessage::Request(tarpc::Request {
+            context: datom_common::rpc::ctx(T),
+            id: 1,
+            message: PbPeerRequest::Prepare {
+                req: PrepareRequest { group: "g".into(), term: u64::MAX / 2, elector: "x".into() },
+            },
+        });
+        let mut bytes = frame(serde_json::json!({"schema": 1, "token": AuthFile::generate().token()}));
+        bytes.extend(frame(serde_json::to_value(&msg).unwrap()));
+        s.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(T, s.read_to_end(&mut got)).await.expect("closed").expect("read");
+        let len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
+        assert_eq!(got.len(), 4 + len, "the refusal and nothing else: {:?}", String::from_utf8_lossy(&got));
+        let answer: crate::net::HelloAnswer = serde_json::from_slice(&got[4..]).unwrap();
+        assert!(!answer.ok && answer.error.unwrap().contains("wrong or missing cluster token"));
     }
 }

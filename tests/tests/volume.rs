@@ -149,6 +149,8 @@ struct Cluster {
     coord: Coord,
     servers: Vec<Server>,
     root: tempfile::TempDir,
+    /// The cluster token writes present, on a secure cluster.
+    token: Option<String>,
 }
 
 impl Cluster {
@@ -167,12 +169,36 @@ impl Cluster {
         let servers =
             (0..n).map(|i| Server::start(&zk, &volume, &format!("m{}", i + 1), root.path(), &env(i))).collect();
         let coord = coord(&zk).await;
-        Cluster { zk, volume, coord, servers, root }
+        Cluster { zk, volume, coord, servers, root, token: None }
+    }
+
+    /// A secure cluster (`datom init --secure`) whose `n` servers all run with `--auth-file`
+    /// (through `DATOM_AUTH_FILE`); the secret file is `<root>/auth.toml`.
+    async fn start_secure(test: &str, n: usize) -> Cluster {
+        let zk = fresh_zk(test).await;
+        let root = tempfile::tempdir().unwrap();
+        let auth = root.path().join("auth.toml");
+        let auth = auth.to_str().unwrap();
+        let out = datom(&zk, &["--auth-file", auth, "init", "--secure"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let volume = "vol1".to_string();
+        let out = datom(&zk, &["--auth-file", auth, "volume", "create", &volume, "--replicas", &n.to_string()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let env = [("DATOM_AUTH_FILE", auth)];
+        let servers = (0..n).map(|i| Server::start(&zk, &volume, &format!("m{}", i + 1), root.path(), &env)).collect();
+        let coord = coord(&zk).await;
+        let token = Some(datom_common::auth::AuthFile::load(Path::new(auth)).unwrap().token());
+        Cluster { zk, volume, coord, servers, root, token }
+    }
+
+    fn auth_file(&self) -> String {
+        self.root.path().join("auth.toml").to_str().unwrap().to_string()
     }
 
     fn client(&self) -> VolumeClient {
         let mut c = VolumeClient::new(self.coord.clone(), &self.volume);
         c.retry_for = Duration::from_secs(30);
+        c.token = self.token.clone();
         c
     }
 
@@ -589,5 +615,164 @@ async fn t08_a_graceful_stop_hands_leadership_to_a_caught_up_follower_under_load
     // The old leader comes back as a follower with the same data.
     c.server(&leader).spawn();
     c.wait_group_after(term, 2, "the old leader rejoins").await;
+    assert_identical_dbs(&c, &["m1", "m2", "m3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t09_a_secure_group_replicates_through_the_token_handshake() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_secure("pb-secure", 3).await;
+    let (leader, term) = c.wait_group(2, "a leader and two functional followers on a secure cluster").await;
+    let client = c.client();
+    for i in 0..50 {
+        client.put(&format!("k-{i}"), &format!("v-{i}")).await.unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(client.get(&format!("k-{i}")).await.unwrap(), Some(format!("v-{i}")));
+    }
+    let auth = c.auth_file();
+    let out = datom(&c.zk, &["--auth-file", &auth, "volume", "put", &c.volume, "cli", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = datom(&c.zk, &["volume", "get", &c.volume, "cli"]);
+    assert_eq!(stdout(&out).trim(), "hello", "{}", stderr(&out));
+    // Every member journaled every write: the followers are as far as the leader.
+    assert_identical_dbs(&c, &["m1", "m2", "m3"]).await;
+    assert_eq!(c.term().await.unwrap().term, term, "no election was needed");
+    for s in &c.servers {
+        assert!(!s.log().contains("refused"), "{} refused a member's connection:\n{}", s.member, s.log());
+    }
+    eprintln!("secure group: {leader} leads term {term}");
+}
+
+/// One length-delimited JSON frame, as the replication port reads them.
+fn frame(v: &serde_json::Value) -> Vec<u8> {
+    let j = serde_json::to_vec(v).unwrap();
+    [&(j.len() as u32).to_be_bytes()[..], &j].concat()
+}
+
+/// Connects to `addr`, writes `bytes`, and reads until the member closes the connection:
+/// returns everything it sent back.
+async fn send_raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    match tokio::time::timeout(LONG, s.read_to_end(&mut got)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("reading from {addr}: {e} (after {got:?})"),
+        Err(_) => panic!("{addr} did not close the connection"),
+    }
+    got
+}
+
+/// The member's answer to a hello: exactly one frame, then the close.
+fn only_answer(got: &[u8]) -> serde_json::Value {
+    assert!(got.len() >= 4, "no answer: {got:?}");
+    let len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
+    assert_eq!(got.len(), 4 + len, "one answer frame and nothing else: {:?}", String::from_utf8_lossy(got));
+    serde_json::from_slice(&got[4..]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_forged_replication_peers_are_refused_and_change_nothing() {
+    use datom_pb::rpc::{AppendRequest, PbPeerClient, PbPeerRequest, PbPeerResponse, PrepareRequest};
+    use datom_pb::types::{EntryId, MemberRecord};
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_secure("pb-forged", 3).await;
+    let (leader, term) = c.wait_group(2, "the first leader").await;
+    let client = c.client();
+    client.put("before", "1").await.unwrap();
+    let mut peers = BTreeMap::new();
+    for s in &c.servers {
+        let rec = c.coord.get::<MemberRecord>(&paths::group_member(&c.volume, &s.member)).await.unwrap().unwrap();
+        peers.insert(s.member.clone(), rec.value.address);
+    }
+    let wrong = datom_common::auth::AuthFile::generate().token();
+
+    // The port is the replication port: with the cluster token, a message gets through (to a
+    // group the member does not host, which changes nothing).
+    let addr = &peers[&leader];
+    let t = datom_pb::net::dial_peer(addr, Duration::from_secs(5), c.token.as_deref()).await.unwrap();
+    let ok = PbPeerClient::new(Default::default(), t).spawn();
+    let req = PrepareRequest { group: "no-such-group".into(), term: 1, elector: "x".into() };
+    let r = ok.prepare(datom_common::rpc::ctx(Duration::from_secs(5)), req).await.unwrap();
+    assert!(matches!(r, Err(datom_pb::PbError::UnknownGroup(_))), "{r:?}");
+
+    // A wrong token, and no token: refused, with the reason.
+    for (hello, why) in [
+        (serde_json::json!({"schema": 1, "token": wrong}), "not derived from this cluster's secret"),
+        (serde_json::json!({"schema": 1, "token": null}), "presented no token"),
+    ] {
+        let answer = only_answer(&send_raw(addr, &frame(&hello)).await);
+        assert_eq!(answer["ok"], false, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains("wrong or missing cluster token") && error.contains(why), "{error}");
+        assert!(error.contains("--auth-file"), "{error}");
+    }
+
+    // A connection that sends nothing: the member keeps serving meanwhile, then drops it.
+    {
+        use tokio::io::AsyncReadExt as _;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.put("during-silence", "1").await.unwrap();
+        let t =
+            datom_pb::net::dial_peer::<PbPeerRequest, PbPeerResponse>(addr, Duration::from_secs(5), c.token.as_deref())
+                .await;
+        assert!(t.is_ok(), "a new member connection is handshaken meanwhile: {:?}", t.err());
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(LONG, silent.read(&mut buf)).await.expect("the silent connection is dropped");
+        assert!(matches!(n, Ok(0) | Err(_)), "dropped without an answer: {n:?}");
+    }
+
+    // Forged election and append messages with a huge term, pipelined right behind a hello
+    // with a wrong token, to every member: only the refusal comes back.
+    let huge = u64::MAX / 2;
+    for (member, addr) in &peers {
+        let ctx = datom_common::rpc::ctx(Duration::from_secs(5));
+        let prepare = PbPeerRequest::Prepare {
+            req: PrepareRequest { group: c.volume.clone(), term: huge, elector: "mallory".into() },
+        };
+        let append = PbPeerRequest::Append {
+            req: AppendRequest {
+                group: c.volume.clone(),
+                term: huge,
+                leader: "mallory".into(),
+                prev: EntryId { term: 0, index: 0 },
+                entries: vec![],
+                commit: 0,
+                leader_last: 0,
+            },
+        };
+        let mut bytes = frame(&serde_json::json!({"schema": 1, "token": wrong}));
+        for (id, message) in [(1, prepare), (2, append)] {
+            let msg = tarpc::ClientMessage::Request(tarpc::Request { context: ctx, id, message });
+            bytes.extend(frame(&serde_json::to_value(&msg).unwrap()));
+        }
+        let answer = only_answer(&send_raw(addr, &bytes).await);
+        assert_eq!(answer["ok"], false, "{member}: {answer}");
+        let s = c.servers.iter().find(|s| s.member == *member).unwrap();
+        wait_for("the member logs the refusal", LONG, || async {
+            s.log().contains("replication connection refused").then_some(())
+        })
+        .await;
+    }
+
+    // Nothing changed: same term and leader, every member still in it, writes acknowledged.
+    for i in 0..20 {
+        client.put(&format!("after-{i}"), "1").await.unwrap();
+    }
+    let rec = c.term().await.unwrap();
+    assert_eq!((rec.term, rec.leader.as_deref()), (term, Some(leader.as_str())), "the term record is unchanged");
+    let states = c.states().await;
+    assert_eq!(states.len(), 3);
+    for (m, st) in &states {
+        assert_eq!(st.term, term, "{m} kept the term: {st:?}");
+        assert!(
+            matches!(st.state, MemberState::LeaderFunctional | MemberState::FollowerFunctional),
+            "{m} is still functional: {st:?}"
+        );
+    }
+    assert_eq!(client.get("before").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(client.get("after-19").await.unwrap().as_deref(), Some("1"));
     assert_identical_dbs(&c, &["m1", "m2", "m3"]).await;
 }

@@ -53,7 +53,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// How long a write may wait for its acknowledgement.
     pub write_timeout: Duration,
-    /// Cluster token check for writes (from `--auth-file`); `None` on an open cluster.
+    /// Cluster token check for writes and for replication connections (from `--auth-file`);
+    /// `None` on an open cluster. Replication dials present the token it accepts.
     pub token: Option<datom_common::auth::TokenVerifier>,
 }
 
@@ -88,8 +89,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    // Replication connections are authenticated by a handshake with the cluster token: this
+    // process presents it when it dials its peers, and its listener checks it (both `None` on
+    // an open cluster).
+    datom_pb::set_cluster_token(config.token.as_ref().map(|v| v.token())).map_err(|e| anyhow::anyhow!(e))?;
     let router = PeerRouter::new();
-    tokio::spawn(router.clone().serve(peer_listener, stopped()));
+    tokio::spawn(router.clone().serve_with(peer_listener, config.token.clone(), stopped()));
     // One connection cache for the whole process: every volume group's replication clients
     // come from it (a connection per member and group), found through the members'
     // registrations.
