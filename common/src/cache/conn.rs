@@ -59,6 +59,9 @@ pub(crate) struct Entry {
     pub slot: Arc<dyn ErasedSlot>,
     pub any: Arc<dyn Any + Send + Sync>,
     pub task: AbortHandle,
+    /// For a connection made from a ZooKeeper read-through (the registry did not have the
+    /// peer yet): how many registry listings had started when that read was sent.
+    pub read_through: Option<u64>,
 }
 
 impl Entry {

@@ -86,7 +86,7 @@ mod stats;
 
 use std::any::TypeId;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -222,6 +222,8 @@ pub(crate) struct Inner {
     resyncs: watch::Sender<u64>,
     watch_task: Mutex<Option<AbortHandle>>,
     closed: AtomicBool,
+    /// Registry listings started so far (see [`conn::Entry::read_through`]).
+    listings: AtomicU64,
 }
 
 impl Inner {
@@ -240,14 +242,33 @@ impl Inner {
     }
 
     /// Replaces the registry with a full listing.
-    fn apply_full(&self, fresh: Registry) {
+    /// Starts a registry listing: returns its number, for [`Inner::apply_full`].
+    fn listing_started(&self) -> u64 {
+        self.listings.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Replaces the registry with listing number `listing`.
+    fn apply_full(&self, fresh: Registry, listing: u64) {
         let mut st = self.lock();
         let events = replace(&mut st.registry, fresh);
         self.publish(&mut st, events);
-        // Connections made from a ZooKeeper read-through for peers the listing does not have.
+        // Connections made from a ZooKeeper read-through for peers the listing does not have:
+        // the peer went away — unless the read was sent after the listing, which may then
+        // predate the registration (its watch event is still on the way).
         let orphans: Vec<Peer> = st.conns.keys().filter(|p| !st.registry.contains_key(*p)).cloned().collect();
         for p in orphans {
-            self.evict(&mut st, &p);
+            let Some(entries) = st.conns.get_mut(&p) else { continue };
+            entries.retain(|_, e| {
+                let newer = e.read_through.is_some_and(|started| started >= listing);
+                if !newer {
+                    tracing::debug!(peer = %p, address = e.slot.address(), "evicting connection: not registered");
+                    e.close(Unavailable::Gone);
+                }
+                newer
+            });
+            if entries.is_empty() {
+                st.conns.remove(&p);
+            }
         }
         drop(st);
         Counters::inc(&self.counters.resyncs);
@@ -400,6 +421,7 @@ impl ConnectionCache {
             resyncs: watch::channel(0).0,
             watch_task: Mutex::new(None),
             closed: AtomicBool::new(false),
+            listings: AtomicU64::new(0),
         });
         let task = tokio::spawn(registry::run(inner.clone()));
         *inner.watch_task.lock().unwrap() = Some(task.abort_handle());
@@ -419,6 +441,7 @@ impl ConnectionCache {
         let found = match found {
             Found::NotRegistered => {
                 // The registry may lag a registration that just happened: ask ZooKeeper.
+                let listings = self.inner.listings.load(Ordering::SeqCst);
                 let path = peer.path();
                 let read = self.inner.coord.get_raw(&path).await;
                 let info = match read {
@@ -430,7 +453,7 @@ impl ConnectionCache {
                     Err(e) => Err(Unavailable::RegistryUnreachable(e.to_string())),
                 };
                 match info {
-                    Ok(info) => self.find::<C>(peer, Some(info.address))?,
+                    Ok(info) => self.find::<C>(peer, Some((info.address, listings)))?,
                     Err(reason) => return Err(self.unavailable(peer, reason)),
                 }
             }
@@ -469,7 +492,7 @@ impl ConnectionCache {
 
     /// Looks up (or creates, starting its dial) the entry for `peer` and `C`. `address` is a
     /// ZooKeeper read-through result, used when the registry does not have the peer.
-    fn find<C: Dial>(&self, peer: &Peer, address: Option<String>) -> Result<Found<C>, CacheError> {
+    fn find<C: Dial>(&self, peer: &Peer, read_through: Option<(String, u64)>) -> Result<Found<C>, CacheError> {
         let inner = &self.inner;
         let mut st = inner.lock();
         if inner.closed.load(Ordering::SeqCst) {
@@ -485,14 +508,16 @@ impl ConnectionCache {
             }
             return Ok(Found::Wait(slot, false));
         }
-        let Some(address) = st.registry.get(peer).map(|i| i.address.clone()).or(address) else {
-            return Ok(Found::NotRegistered);
+        let (address, read_through) = match (st.registry.get(peer), read_through) {
+            (Some(i), _) => (i.address.clone(), None),
+            (None, Some((address, listings))) => (address, Some(listings)),
+            (None, None) => return Ok(Found::NotRegistered),
         };
         Counters::inc(&inner.counters.misses);
         crate::metrics::global().cache.misses.inc();
         let slot = Arc::new(Slot { peer: peer.clone(), address, state: watch::channel(ConnState::<C>::Dialing).0 });
         let task = tokio::spawn(conn::run(inner.clone(), slot.clone()));
-        let entry = Entry { slot: slot.clone(), any: slot.clone(), task: task.abort_handle() };
+        let entry = Entry { slot: slot.clone(), any: slot.clone(), task: task.abort_handle(), read_through };
         st.conns.entry(peer.clone()).or_default().insert(ty, entry);
         Ok(Found::Wait(slot, true))
     }

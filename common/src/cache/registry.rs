@@ -66,6 +66,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         if resync {
             let mut delay = Duration::from_millis(20);
+            let listing = inner.listing_started();
             let fresh = loop {
                 match list_registry(&inner).await {
                     Ok(r) => break r,
@@ -77,7 +78,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     }
                 }
             };
-            inner.apply_full(fresh);
+            inner.apply_full(fresh, listing);
         }
     }
 }
