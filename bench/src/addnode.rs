@@ -14,12 +14,9 @@ use crate::stats::percentile_ms;
 /// Flags of `addnode`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to use; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Nodes to register.
     #[arg(long, default_value_t = 1000)]
     pub nodes: usize,
@@ -45,7 +42,7 @@ fn hw(i: usize) -> HardwareReport {
 
 /// Runs the scenario in a fresh chroot.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
+    let (addr, _server) = crate::target::resolve(&args.target.zk, args.target.local, 2000).await?;
     let zk = datom_zk_harness::unique_chroot(&addr, "datom-bench-addnode").await;
     let coord = Coord::connect(CoordConfig::new(zk.clone())).await?;
     datom_common::init::init_tree(&coord, "bench").await?;
@@ -104,8 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     coord.close().await;
 
     let raw_args = crate::zkraw::Args {
-        zk: None,
-        local: false,
+        target: crate::target::Target { zk: None, local: false },
         sequential: 200,
         pipelined: args.nodes.max(1000),
         concurrency: args.concurrency,

@@ -43,12 +43,9 @@ async fn raw_connect(connect: &str) -> anyhow::Result<zk::Client> {
 /// Flags of `cache`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to measure against; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on, tickTime 2000) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Registered peers (node agents).
     #[arg(long, default_value_t = 200)]
     pub peers: usize,
@@ -139,12 +136,11 @@ fn config(connect: &str) -> CoordConfig {
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.peers >= 1 && args.caches >= 1, "--peers and --caches must be at least 1");
     anyhow::ensure!(args.updates >= 1 && args.hits >= 1, "--updates and --hits must be at least 1");
-    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
+    let (addr, _server) = crate::target::resolve(&args.target.zk, args.target.local, 2000).await?;
 
     // Raw figures first (their own setup warms the server up too).
     let raw_args = crate::zkraw::Args {
-        zk: None,
-        local: false,
+        target: crate::target::Target { zk: None, local: false },
         sequential: 50,
         pipelined: 500,
         concurrency: 16,

@@ -19,12 +19,9 @@ use crate::stats::percentile_ms;
 /// Flags of `failover`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to use; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (tickTime 200 ms) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Kill/failover trials.
     #[arg(long, default_value_t = 10)]
     pub trials: usize,
@@ -52,7 +49,7 @@ async fn wait<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
 
 /// Runs the scenario in a fresh chroot.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 200).await?;
+    let (addr, _server) = crate::target::resolve(&args.target.zk, args.target.local, 200).await?;
     let cs_bin = crate::pbgroup::sibling("datom-config-service")?;
     let agent_bin = crate::pbgroup::sibling("datom-node-agent")?;
     let zk = datom_zk_harness::unique_chroot(&addr, "datom-bench-failover").await;

@@ -17,12 +17,9 @@ use crate::stats::percentile_ms;
 /// Flags of `pb-failover`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to use; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on, tickTime 200 ms) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Trials of each kind (SIGKILL, graceful, raw ephemeral).
     #[arg(long, default_value_t = 10)]
     pub trials: usize,
@@ -127,7 +124,7 @@ async fn raw_trial(
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.trials >= 1, "--trials must be at least 1");
-    let zk = resolve_zk(&args.zk, args.local, "bench-pb-failover").await?;
+    let zk = resolve_zk(&args.target.zk, args.target.local, "bench-pb-failover").await?;
     let mut group = Group::start(&zk.connect, 3, args.session_timeout).await?;
     let long = Duration::from_secs(60);
     let session_timeout_ms = group.coord.negotiated_timeout().as_millis() as u64;

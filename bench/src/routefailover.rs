@@ -32,12 +32,9 @@ use crate::stats::percentile_ms;
 /// Flags of `route-failover`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to measure against; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// tickTime of the --local server, ms (sessions are clamped to 2..20 ticks).
     #[arg(long, default_value_t = 200)]
     pub tick_ms: u32,
@@ -138,7 +135,7 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> b
 
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = crate::target::resolve(&args.zk, args.local, args.tick_ms).await?;
+    let (addr, _server) = crate::target::resolve(&args.target.zk, args.target.local, args.tick_ms).await?;
     anyhow::ensure!(args.trials > 0, "--trials must be at least 1");
     let conn = datom_zk_harness::unique_chroot(&addr, "datom-bench-route-failover").await;
     let coord = Coord::connect(CoordConfig::new(conn.clone())).await?;

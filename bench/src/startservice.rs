@@ -15,12 +15,9 @@ use crate::stats::percentile_ms;
 /// Flags of `startservice`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to use; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Start/stop cycles.
     #[arg(long, default_value_t = 100)]
     pub trials: usize,
@@ -43,7 +40,7 @@ async fn wait_state(coord: &Coord, path: &str, want: Option<ServiceState>) -> an
 
 /// Runs the scenario in a fresh chroot.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
+    let (addr, _server) = crate::target::resolve(&args.target.zk, args.target.local, 2000).await?;
     let zk = datom_zk_harness::unique_chroot(&addr, "datom-bench-startservice").await;
     let coord = Coord::connect(CoordConfig::new(zk.clone())).await?;
     datom_common::init::init_tree(&coord, "bench").await?;
@@ -109,8 +106,13 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     coord.delete_recursive(paths::ROOT).await?;
     coord.close().await;
 
-    let raw_args =
-        crate::zkraw::Args { zk: None, local: false, sequential: 300, pipelined: 2000, concurrency: 32, watches: 300 };
+    let raw_args = crate::zkraw::Args {
+        target: crate::target::Target { zk: None, local: false },
+        sequential: 300,
+        pipelined: 2000,
+        concurrency: 32,
+        watches: 300,
+    };
     let raw = crate::zkraw::measure(&addr, &raw_args).await?;
     let p50 = percentile_ms(&mut lat, 50.0);
     let p99 = percentile_ms(&mut lat, 99.0);

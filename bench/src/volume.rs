@@ -16,12 +16,9 @@ use crate::stats::percentile_ms;
 /// Flags of `volume`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to use; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on, tickTime 200 ms) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Replicas of the volume.
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
@@ -86,7 +83,7 @@ struct Op {
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.replicas >= 1, "--replicas must be at least 1");
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    let zk = resolve_zk(&args.zk, args.local, "bench-volume").await?;
+    let zk = resolve_zk(&args.target.zk, args.target.local, "bench-volume").await?;
     let mut group = Group::start(&zk.connect, args.replicas, args.session_timeout).await?;
     let (mut leader, mut term) = group.wait_functional(0, args.replicas - 1, Duration::from_secs(60)).await?;
     let client = Arc::new({

@@ -12,12 +12,9 @@ use crate::stats::percentile_ms;
 /// Flags of `zk-raw`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ZooKeeper to measure; omit with --local.
-    #[arg(long, env = "DATOM_ZK")]
-    pub zk: Option<String>,
-    /// Start a private standalone ZooKeeper (fsync on, tickTime 2000) for the run.
-    #[arg(long)]
-    pub local: bool,
+    /// Where to run: `--zk ADDR` or `--local`.
+    #[command(flatten)]
+    pub target: crate::target::Target,
     /// Sequential creates for the latency figure.
     #[arg(long, default_value_t = 500)]
     pub sequential: usize,
@@ -53,7 +50,7 @@ pub struct ZkRaw {
 
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let (addr, _server) = crate::target::resolve(&args.zk, args.local, 2000).await?;
+    let (addr, _server) = crate::target::resolve(&args.target.zk, args.target.local, 2000).await?;
     let r = measure(&addr, &args).await?;
     Ok(serde_json::json!({ "scenario": "zk-raw", "zk": addr, "raw": r }))
 }
