@@ -504,6 +504,9 @@ impl<S: Replica> Core<S> {
             {
                 let g = self.inner.lock().unwrap();
                 let l = g.leading.as_ref().filter(|l| l.term == term && g.promised == term)?;
+                if l.progress.is_empty() {
+                    return None; // nobody to hand off to (a single replica, or all others gone)
+                }
                 let last = self.journal.last().index;
                 let successor = choose_successor(last, l.progress.iter().map(|(m, p)| (m, p.matched, p.functional)));
                 if successor.is_some() {
