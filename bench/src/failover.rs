@@ -162,7 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let mut raw = Vec::new();
     let bench = std::env::current_exe()?;
     for i in 0..args.trials {
-        raw.push(raw_kill(&bench, args.session_timeout, &zk, i, &mut negotiated).await?);
+        raw.push(raw_kill(&bench, args.session_timeout, &zk, i, Duration::ZERO, &mut negotiated).await?);
     }
     for (_, (mut a, _)) in agents {
         a.sigkill();

@@ -38,16 +38,14 @@ enum Scenario {
     Cache(cache::Args),
     /// HA routing: SIGKILL of the primary router's presence → route on the secondary (file driver).
     RouteFailover(routefailover::Args),
-    /// Helper for route-failover: a plain ZooKeeper client holding an ephemeral until killed.
+    /// (internal) A plain ZooKeeper client holding an ephemeral until killed: the raw figure
+    /// of the failover scenarios.
     #[command(hide = true)]
     HoldEphemeral(routefailover::HoldArgs),
     /// Replicated volume: write throughput/latency, leader kills, acknowledged writes read back.
     Volume(volume::Args),
     /// Primary-backup failover time after SIGKILL and graceful stop, beside raw ephemeral expiry.
     PbFailover(pbfailover::Args),
-    /// (internal) A plain ZooKeeper client holding an ephemeral znode until killed.
-    #[command(hide = true)]
-    ZkEphemeralHolder(pbfailover::HolderArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,7 +65,6 @@ fn main() -> std::process::ExitCode {
             Scenario::HoldEphemeral(a) => routefailover::hold(a).await,
             Scenario::Volume(a) => volume::run(a).await,
             Scenario::PbFailover(a) => pbfailover::run(a).await,
-            Scenario::ZkEphemeralHolder(a) => pbfailover::hold(a).await,
         }
     });
     match res {

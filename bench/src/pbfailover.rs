@@ -3,15 +3,12 @@
 //! the physical limit: how long a watcher takes to see the ephemeral znode of a SIGKILLed plain
 //! ZooKeeper client (same session timeout) vanish.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Serialize;
-use zookeeper_client as zk;
 
 use crate::pbgroup::{Group, zk as resolve_zk};
+use crate::routefailover::raw_kill;
 use crate::stats::percentile_ms;
 
 /// Flags of `pb-failover`.
@@ -57,70 +54,6 @@ pub struct Failover {
     pub goal_graceful_met: bool,
 }
 
-/// Flags of the hidden `zk-ephemeral-holder` helper.
-#[derive(clap::Args, Debug)]
-pub struct HolderArgs {
-    /// ZooKeeper connect string.
-    #[arg(long)]
-    pub zk: String,
-    /// Ephemeral znode to create.
-    #[arg(long)]
-    pub path: String,
-    /// Session timeout in ms.
-    #[arg(long)]
-    pub session_timeout: u64,
-}
-
-/// A plain ZooKeeper client: creates an ephemeral, says `ready`, and waits to be killed.
-pub async fn hold(args: HolderArgs) -> anyhow::Result<serde_json::Value> {
-    let client = zk::Client::connector()
-        .with_session_timeout(Duration::from_millis(args.session_timeout))
-        .with_fail_eagerly()
-        .connect(&args.zk)
-        .await?;
-    let mode = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-    client.create(&args.path, b"{}", &mode).await?;
-    println!("ready");
-    use std::io::Write;
-    std::io::stdout().flush()?;
-    loop {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-}
-
-async fn raw_trial(
-    connect: &str,
-    watcher: &zk::Client,
-    session_ms: u64,
-    i: usize,
-    delay: Duration,
-) -> anyhow::Result<Duration> {
-    let path = format!("/raw-ephemeral-{i}");
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["zk-ephemeral-holder", "--zk", connect, "--path", &path, "--session-timeout", &session_ms.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start the ephemeral holder")?;
-    let stdout = child.stdout.take().context("piped")?;
-    let line = tokio::task::spawn_blocking(move || {
-        let mut l = String::new();
-        BufReader::new(stdout).read_line(&mut l).map(|_| l)
-    })
-    .await??;
-    anyhow::ensure!(line.trim() == "ready", "the ephemeral holder failed to start");
-    let (_, w) = watcher.check_and_watch_stat(&path).await?;
-    tokio::time::sleep(delay).await;
-    let t = Instant::now();
-    child.kill()?;
-    let ev = tokio::time::timeout(Duration::from_secs(30), w.changed()).await.context("ephemeral never vanished")?;
-    let took = t.elapsed();
-    anyhow::ensure!(ev.event_type == zk::EventType::NodeDeleted, "unexpected event {:?}", ev.event_type);
-    let _ = child.wait();
-    Ok(took)
-}
-
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.trials >= 1, "--trials must be at least 1");
@@ -128,7 +61,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let mut group = Group::start(&zk.connect, 3, args.session_timeout).await?;
     let long = Duration::from_secs(60);
     let session_timeout_ms = group.coord.negotiated_timeout().as_millis() as u64;
-    let watcher = zk::Client::connector().with_fail_eagerly().connect(&zk.connect).await?;
+    let bench = std::env::current_exe()?;
+    let mut raw_session_ms = 0;
     // ZooKeeper expires a session at its last activity + timeout, rounded up to a tick: where
     // the kill falls relative to the victim's last ping moves the result by up to a tick. So
     // SIGKILL trials and raw trials alternate, and each waits the same spread of delays first
@@ -139,12 +73,13 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     for i in 0..args.trials {
         let (leader, term) = group.wait_functional(0, 2, long).await?;
         tokio::time::sleep(phase(i)).await;
-        let t = Instant::now();
         group.kill(&leader);
+        let t = Instant::now();
         group.wait_functional(term, 0, long).await?;
         kill.push(t.elapsed());
         group.restart(&leader)?;
-        raw.push(raw_trial(&zk.connect, &watcher, args.session_timeout, i, phase(i)).await?);
+        let raw_trial = raw_kill(&bench, args.session_timeout, &zk.connect, i, phase(i), &mut raw_session_ms);
+        raw.push(raw_trial.await?);
     }
     let mut graceful = Vec::new();
     for _ in 0..args.trials {

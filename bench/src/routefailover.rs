@@ -228,7 +228,9 @@ async fn measure(args: &Args, conn: &str, coord: &Coord) -> anyhow::Result<Figur
         failover.push(t.elapsed());
 
         // Raw ZooKeeper: the same kill, with a plain client and no datom code.
-        raw.push(raw_kill(&bench, args.session_timeout, conn, trial, &mut raw_session_timeout_ms).await?);
+        raw.push(
+            raw_kill(&bench, args.session_timeout, conn, trial, Duration::ZERO, &mut raw_session_timeout_ms).await?,
+        );
     }
     drop(managers);
     if std::env::var_os("DATOM_BENCH_KEEP").is_some() {
@@ -253,11 +255,15 @@ async fn measure(args: &Args, conn: &str, coord: &Coord) -> anyhow::Result<Figur
     })
 }
 
+/// The physical limit beside a failover figure: a plain client (`datom-bench hold-ephemeral`)
+/// holding `/raw-<trial>` is SIGKILLed `delay` after a watcher is set on it; returns the time
+/// until the watcher sees the ephemeral deleted, and stores the negotiated session timeout.
 pub(crate) async fn raw_kill(
     bench: &Path,
     session: u64,
     conn: &str,
     trial: usize,
+    delay: Duration,
     negotiated: &mut u64,
 ) -> anyhow::Result<Duration> {
     let path = format!("/raw-{trial}");
@@ -268,6 +274,7 @@ pub(crate) async fn raw_kill(
     let watcher_client = zk::Client::connect(conn).await.context("connect the raw watcher")?;
     let (stat, watcher) = watcher_client.check_and_watch_stat(&path).await?;
     anyhow::ensure!(stat.is_some(), "the raw holder's ephemeral {path} is missing");
+    tokio::time::sleep(delay).await;
     holder.sigkill();
     let t = Instant::now();
     let ev = tokio::time::timeout(Duration::from_secs(60), watcher.changed()).await.context("raw watch event")?;
