@@ -794,9 +794,14 @@ async fn claim_leadership(
         Ok(_) => Err(None),
         Err(e) => {
             tracing::warn!(error = %e, term = record.term, "could not claim leadership");
-            Err(coord.get::<TermRecord>(term_path).await.ok().flatten().map(|v| (v.value, v.version)))
+            Err(current_term(coord, term_path).await)
         }
     }
+}
+
+/// The term record as it stands, after a version-checked write lost (`None` if unreadable).
+async fn current_term(coord: &Coord, path: &str) -> Option<(TermRecord, i32)> {
+    coord.get::<TermRecord>(path).await.ok().flatten().map(|v| (v.value, v.version))
 }
 
 fn seq_of(name: &str) -> u64 {
@@ -815,9 +820,6 @@ async fn write_term(
 ) -> (Event, bool) {
     let path = paths::group_term(group);
     let mut record = TermRecord { schema: 1, term, status, elector: Some(me.clone()), leader, updated_at: Utc::now() };
-    let current = |coord: Coord, path: String| async move {
-        coord.get::<TermRecord>(&path).await.ok().flatten().map(|v| (v.value, v.version))
-    };
     let res = match pre {
         TermPrecondition::Version(None) => coord.create(&path, &record, Mode::Persistent).await.map(|_| 0),
         TermPrecondition::Version(Some(v)) => coord.set(&path, &record, Some(v)).await,
@@ -843,7 +845,7 @@ async fn write_term(
             (Event::TermWritten { ok: true, record, version: Some(version), current: None }, false)
         }
         Err(CoordError::Conflict { .. } | CoordError::NodeExists { .. } | CoordError::NoNode { .. }) => {
-            let cur = current(coord.clone(), path.clone()).await;
+            let cur = current_term(coord, &path).await;
             (Event::TermWritten { ok: false, record, version: None, current: cur }, false)
         }
         Err(e) => {

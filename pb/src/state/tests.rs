@@ -362,14 +362,19 @@ fn a_functional_leader_hands_off_on_a_graceful_stop() {
     assert!(!has(&w.handle(Event::Stop), |a| matches!(a, Action::HandOff { .. })));
 }
 
+/// Member `me` of {a, b, c}, FOLLOWER_FUNCTIONAL under leader `a` in term 1.
+fn functional_under_a(me: &str) -> PBMember {
+    let mut m = PBMember::new(me, 2, 1);
+    m.handle(view(&["a", "b", "c"], Some((rec(1, TermStatus::Leading, "a", Some("a")), 1))));
+    m.handle(Event::GroupInfo { term: 1, leader: "a".into() });
+    m.handle(Event::Synced { term: 1 });
+    assert_eq!(m.state(), MemberState::FollowerFunctional);
+    m
+}
+
 #[test]
 fn the_successor_of_a_hand_off_takes_charge_with_one_write() {
-    // b follows a in term 1, functional.
-    let mut b = PBMember::new("b", 2, 1);
-    b.handle(view(&["a", "b", "c"], Some((rec(1, TermStatus::Leading, "a", Some("a")), 1))));
-    b.handle(Event::GroupInfo { term: 1, leader: "a".into() });
-    b.handle(Event::Synced { term: 1 });
-    assert_eq!(b.state(), MemberState::FollowerFunctional);
+    let mut b = functional_under_a("b");
     // a recorded `elected b` for term 2 (version 2) and asks b to lead.
     let acts = b.handle(Event::BecomeLeader { term: 2, version: Some(2), elector: "a".into() });
     assert_eq!(
@@ -400,10 +405,7 @@ fn the_successor_of_a_hand_off_takes_charge_with_one_write() {
     assert_ne!(lost.role(), Role::Leader, "it does not lead");
 
     // c, functional under a, waits for b (no election of its own) and then follows it.
-    let mut c = PBMember::new("c", 2, 1);
-    c.handle(view(&["a", "b", "c"], Some((rec(1, TermStatus::Leading, "a", Some("a")), 1))));
-    c.handle(Event::GroupInfo { term: 1, leader: "a".into() });
-    c.handle(Event::Synced { term: 1 });
+    let mut c = functional_under_a("c");
     let acts = c.handle(view(&["b", "c"], Some((rec(2, TermStatus::Elected, "a", Some("b")), 2))));
     assert_eq!(acts, vec![Action::StartTimer(Timer::LeaderAppear { term: 2 })]);
     assert_eq!(c.state(), MemberState::FollowerFunctional);
