@@ -92,16 +92,11 @@ impl Server {
 
     /// Waits for the process to exit by itself (a failpoint); returns its status.
     fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let start = std::time::Instant::now();
         let c = self.child.as_mut().expect("running");
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                self.child = None;
-                return st;
-            }
-            assert!(start.elapsed() < timeout, "{} did not exit within {timeout:?}", self.member);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let st = datom_tests::wait_child_exit(c, timeout)
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.member));
+        self.child = None;
+        st
     }
 
     fn restart(&mut self) {
